@@ -1,0 +1,90 @@
+"""The backbone interface every family implements, and the one output type they all return."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+
+
+@dataclass
+class BackboneOutput:
+    """What a backbone (or a method wrapping one) hands to the task head.
+
+    hidden: every hidden state h_0..h_L when asked for (`all_hidden=True`), else only (last,);
+            [B, N, D_k] for token models, [B, C_k, H_k, W_k] for a CNN.
+    last:   the tokens the task head pools, [B, N, D] (a CNN's last stage flattened to [B, H*W, C]).
+    mask:   [B, N] with 1 for valid tokens, or None when every token is valid.
+    """
+
+    hidden: tuple[torch.Tensor, ...]
+    last: torch.Tensor
+    mask: torch.Tensor | None
+
+
+class Backbone(nn.Module):
+    """A pretrained network that PETL methods adapt.
+
+    Subclasses set `kind` ("transformer", "cnn", "features", "rnn"), `hidden_sizes` (width of each
+    hidden state), `width` (width of `last`) and `shape_defaults` (the profiling input shape keys a
+    suite may override, e.g. {"seq_len": 32}).
+    """
+
+    kind: ClassVar[str]
+    shape_defaults: dict[str, int]
+    hidden_sizes: tuple[int, ...]
+    width: int
+
+    def forward(self, inputs: dict[str, torch.Tensor], all_hidden: bool = False) -> BackboneOutput:  # pragma: no cover
+        """all_hidden=False keeps only the last state, so no earlier state outlives the forward needlessly."""
+        raise NotImplementedError
+
+    def blocks(self) -> list[nn.Module]:
+        """The repeated layers (transformer layers, CNN stages) that inserted methods attach to."""
+        return []
+
+    def dummy_inputs(self, batch: int, **shape: int) -> dict[str, torch.Tensor]:  # pragma: no cover
+        """Inputs shaped like one real batch (for profiling; values are random)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """A registered backbone variant: its factory and what it is."""
+
+    name: str
+    factory: Callable[..., Backbone]
+    description: str
+    tiny: bool  # a small random-init variant for tests
+    default_weights: str  # "random", a hub name, or "packaged"
+
+
+BACKBONES: Registry[BackboneInfo] = Registry("backbone")
+
+
+def register_backbone(
+    name: str, description: str, *, tiny: bool = False, default_weights: str = "random"
+) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
+    """Decorator: register `factory(weights: str) -> Backbone` under `name`."""
+
+    def add(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
+        BACKBONES.register(name)(BackboneInfo(name, factory, description, tiny, default_weights))
+        return factory
+
+    return add
+
+
+def padded_mask(batch: int, seq_len: int) -> torch.Tensor:
+    """A [B, N] token mask shaped like a real padded batch: row b keeps N - (b % 4) tokens.
+
+    Real caption batches are padded to their longest member, so most rows carry some padding; a mask
+    with padding also makes every attention implementation build its mask the same way on real and
+    fake tensors.
+    """
+    lengths = seq_len - (torch.arange(batch) % 4).clamp(max=seq_len - 1)  # [B]
+    return (torch.arange(seq_len)[None, :] < lengths[:, None]).long()  # [B, N]

@@ -1,0 +1,140 @@
+"""Hugging Face transformer encoders (BERT, RoBERTa, ViT, CLIP towers) behind the Backbone interface.
+
+A family is described by where its layers, attention and projections live (`HFLayout`); the methods
+find their insertion points through it instead of `if` chains on model names.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from ..errors import UserError
+from .base import Backbone, BackboneOutput, padded_mask
+
+
+@dataclass(frozen=True)
+class HFLayout:
+    """Attribute paths inside one family's model (relative to the model or to one layer)."""
+
+    layers: str  # the ModuleList of transformer layers, e.g. "encoder.layer"
+    attention: str  # the module that calls the attention function, e.g. "attention.self"
+    attn_out: str  # attention output projection (an adapter follows it), e.g. "attention.output.dense"
+    ffn_out: str  # feed-forward output projection (an adapter follows it), e.g. "output.dense"
+    query: str  # leaf names peft's LoRA targets
+    value: str
+    modality: str  # "text" (input_ids + attention_mask) or "image" (pixel_values)
+
+
+def get_path(module: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def load_hf_model(
+    model_cls: type[PreTrainedModel], config: PretrainedConfig, weights: str, **kwargs: object
+) -> PreTrainedModel:
+    """Build from `config` (weights="random") or load pretrained weights from a hub name or local path.
+
+    Loading never runs remote code and reads safetensors where the checkpoint has them.
+    """
+    config._attn_implementation = "sdpa"
+    if weights == "random":
+        return model_cls(config, **kwargs)
+    try:
+        return model_cls.from_pretrained(weights, attn_implementation="sdpa", use_safetensors=None, **kwargs)
+    except OSError as exc:
+        where = "local path" if Path(weights).exists() else "hub name (is it in the local cache?)"
+        raise UserError(f"cannot load weights from {where} {weights!r}: {str(exc).splitlines()[0]}") from None
+
+
+class HFEncoder(Backbone):
+    """A transformer encoder from transformers; hidden states h_0..h_L come from `output_hidden_states`."""
+
+    kind: ClassVar[str] = "transformer"
+
+    def __init__(self, model: PreTrainedModel, layout: HFLayout) -> None:
+        super().__init__()
+        self.model = model
+        self.layout = layout
+        cfg = model.config
+        self.num_layers: int = cfg.num_hidden_layers
+        self.num_heads: int = cfg.num_attention_heads
+        self.width = cfg.hidden_size
+        self.hidden_sizes = (cfg.hidden_size,) * (self.num_layers + 1)
+        self.shape_defaults = (
+            {"seq_len": 32} if layout.modality == "text" else {"image_size": getattr(cfg, "image_size", 224)}
+        )
+
+    @property
+    def config(self) -> PretrainedConfig:
+        return self.model.config
+
+    def forward(self, inputs: dict[str, torch.Tensor], all_hidden: bool = False) -> BackboneOutput:
+        if self.layout.modality == "text":
+            mask = inputs["attention_mask"]
+            out = self.model(input_ids=inputs["input_ids"], attention_mask=mask, output_hidden_states=all_hidden)
+        else:
+            mask = None
+            out = self.model(pixel_values=inputs["pixel_values"], output_hidden_states=all_hidden)
+        hidden = tuple(out.hidden_states) if all_hidden else (out.last_hidden_state,)
+        return BackboneOutput(hidden, out.last_hidden_state, mask)
+
+    def dummy_inputs(self, batch: int, **shape: int) -> dict[str, torch.Tensor]:
+        if self.layout.modality == "text":
+            seq_len = shape.get("seq_len", self.shape_defaults["seq_len"])
+            ids = torch.randint(0, self.config.vocab_size, (batch, seq_len))  # [B, N]
+            return {"input_ids": ids, "attention_mask": padded_mask(batch, seq_len)}
+        size = shape.get("image_size", self.shape_defaults["image_size"])
+        return {"pixel_values": torch.randn(batch, 3, size, size)}  # [B, 3, H, W]
+
+    # -- insertion points used by the methods -------------------------------------------------------
+    def blocks(self) -> list[nn.Module]:
+        return list(get_path(self.model, self.layout.layers))
+
+    def attention_modules(self) -> list[nn.Module]:
+        """The modules that call the attention function, one per layer (prefix tuning joins here)."""
+        return [get_path(layer, self.layout.attention) for layer in self.blocks()]
+
+    def adapter_sites(self) -> list[tuple[nn.Module, str]]:
+        """(parent, attribute) of each projection an adapter follows: attention out, then FFN out, per layer."""
+        sites = []
+        for layer in self.blocks():
+            for path in (self.layout.attn_out, self.layout.ffn_out):
+                parent_path, _, leaf = path.rpartition(".")
+                sites.append((get_path(layer, parent_path) if parent_path else layer, leaf))
+        return sites
+
+    def lora_targets(self) -> tuple[nn.Module, list[str]]:
+        """The module peft injects into (the transformers model itself) and the leaf names it targets."""
+        return self.model, [self.layout.query, self.layout.value]
+
+    def set_attention(self, implementation: str) -> None:
+        """Switch every layer's attention function (prefix tuning registers its own)."""
+        self.model.config._attn_implementation = implementation
+
+    def side_layer(self, reduction: int) -> nn.Module:
+        """A layer of this family's own type at width D/r (heads unchanged, FFN width / r), as LST builds."""
+        cfg = copy.deepcopy(self.config)
+        if cfg.hidden_size % reduction or (cfg.hidden_size // reduction) % cfg.num_attention_heads:
+            raise UserError(
+                f"reduction {reduction} does not divide width {cfg.hidden_size} into {cfg.num_attention_heads} heads"
+            )
+        cfg.hidden_size //= reduction
+        cfg.intermediate_size //= reduction
+        cfg._attn_implementation = "sdpa"
+        return type(self.blocks()[0])(cfg)
+
+    @staticmethod
+    def run_side_layer(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Call a `side_layer` on tokens x [B, N, d] with a [B, N] padding mask (None: no padding)."""
+        attn_mask = None if mask is None else mask[:, None, None, :].bool()  # [B, 1, 1, N], True = attend
+        out = layer(x, attn_mask)
+        return out[0] if isinstance(out, tuple) else out

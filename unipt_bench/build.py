@@ -1,0 +1,62 @@
+"""Assemble a run's model: backbones -> method on each tuned tower -> task heads; count what trains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .backbones import create_backbone
+from .config import RunSpec
+from .methods import Method, create_method
+from .tasks import TASKS, Task, TaskModel, Tower
+
+
+@dataclass
+class Built:
+    model: TaskModel
+    towers: dict[str, Tower]
+    task: Task
+    method: Method
+
+
+def build(spec: RunSpec, weights: bool = True) -> Built:
+    """Build on the current default device (meta for estimates). weights=False builds every backbone random."""
+    torch.manual_seed(spec.seed)
+    task = TASKS.get(spec.task).from_options(spec.task_options)
+    method = create_method(spec.method, spec.method_options)
+    towers: dict[str, Tower] = {}
+    for t in spec.towers:
+        backbone = create_backbone(t.backbone, t.weights if weights else "random")
+        if t.tuned:
+            module = method.apply(backbone, task.out_dim)  # raises NotApplicable
+            width = method.output_width(backbone, task.out_dim)
+        else:
+            module, width = backbone, backbone.width
+        towers[t.name] = Tower(module, backbone, t.tuned, width)
+    return Built(task.build(towers), towers, task, method)
+
+
+def count(params: list[nn.Parameter]) -> int:
+    return sum(p.numel() for p in params)
+
+
+def parameter_counts(built: Built) -> dict[str, int]:
+    """trainable = method (inside tuned towers) + head (task heads and untuned towers); total counts everything."""
+    model = built.model
+    trainable = count([p for p in model.parameters() if p.requires_grad])
+    tuned = {id(p): p for name in model.tuned for p in model.towers[name].parameters() if p.requires_grad}
+    method = count(list(tuned.values()))
+    return {
+        "trainable_params": trainable,
+        "trainable_method_params": method,
+        "trainable_head_params": trainable - method,
+        "total_params": count(list(model.parameters())),
+    }
+
+
+def example_batch(built: Built, spec: RunSpec) -> dict[str, dict[str, torch.Tensor]]:
+    """One batch shaped like the task's (random values), created on the current device / fake mode."""
+    shapes = {t.name: t.shape for t in spec.towers}
+    return {name: t.backbone.dummy_inputs(spec.batch, **shapes[name]) for name, t in built.towers.items()}

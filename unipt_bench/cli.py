@@ -1,0 +1,250 @@
+"""The `unipt-bench` command line: list, run, results. Torch is imported only by commands that need it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import click
+
+from .errors import UserError
+
+DEFAULT_OUT = os.environ.get("UNIPT_BENCH_RESULTS", "results")
+out_option = click.option(
+    "--out", "out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False),
+    help="Result store folder (env UNIPT_BENCH_RESULTS).",
+)
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def human_count(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f}M" if n >= 10_000 else str(n)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="unipt-bench")
+def cli() -> None:
+    """Memory-profiling benchmarks for parameter-efficient transfer learning (UniPT, LST, Adapter, LoRA, ...)."""
+
+
+@cli.command("list")
+@click.argument("what", type=click.Choice(["all", "suites", "backbones", "methods", "tasks"]), default="all")
+def list_cmd(what: str) -> None:
+    """List built-in suites, backbones, methods and tasks."""
+    from .config import builtin_suites
+
+    if what in ("all", "suites"):
+        click.echo("suites:")
+        for name, path in sorted(builtin_suites().items()):
+            click.echo(f"  {name:<14} {suite_description(path)}")
+    if what in ("all", "backbones"):
+        from .backbones import BACKBONES
+
+        click.echo("backbones:")
+        for name in BACKBONES.names():
+            info = BACKBONES.get(name)
+            click.echo(f"  {name:<18} {info.description}")
+    if what in ("all", "methods"):
+        from .methods import METHODS
+
+        click.echo("methods:")
+        for name in METHODS.names():
+            cls = METHODS.get(name)
+            doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+            click.echo(f"  {name:<10} {doc}  [{', '.join(sorted(cls.kinds))}]")
+    if what in ("all", "tasks"):
+        from .tasks import TASKS
+
+        click.echo("tasks:")
+        for name in TASKS.names():
+            click.echo(f"  {name:<10} {(TASKS.get(name).__doc__ or '').strip().splitlines()[0]}")
+
+
+def suite_description(path: Any) -> str:
+    import tomllib
+
+    try:
+        return str(tomllib.loads(path.read_text(encoding="utf-8")).get("description", "")).splitlines()[0]
+    except (tomllib.TOMLDecodeError, IndexError):
+        return ""
+
+
+def resolve_mode(mode: str) -> tuple[str, str]:
+    """(mode, a sentence saying why)."""
+    import torch
+
+    if mode != "auto":
+        if mode == "cuda" and not torch.cuda.is_available():
+            raise UserError("--mode cuda needs a CUDA GPU and none is visible; use --mode estimate or --mode cpu")
+        return mode, f"{mode} mode (as asked)"
+    if torch.cuda.is_available():
+        return "cuda", f"cuda mode on {torch.cuda.get_device_name(0)}"
+    return "estimate", "estimate mode: no GPU found, so memory comes from fake tensors (exact bytes, no data, no downloads)"
+
+
+@cli.command()
+@click.option("--suite", required=True, help="Built-in suite name or path to a suite TOML file.")
+@click.option("--mode", type=click.Choice(["auto", "estimate", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: cuda when a GPU is visible, else estimate.")
+@click.option("--methods", default=None, help="Comma-separated method names or labels to run (default: all).")
+@out_option
+@click.option("--force", is_flag=True, help="Run again even when a current result exists.")
+def run(suite: str, mode: str, methods: str | None, out: str, force: bool) -> None:
+    """Profile every run of a suite and store one JSON result per run."""
+    from .config import load_suite, select_methods
+    from .results import ResultStore
+
+    loaded = load_suite(suite)
+    mode, why = resolve_mode(mode)
+    specs = select_methods(loaded.with_mode(mode), methods)
+    store = ResultStore(out)
+    latest = store.latest(loaded.name)
+    todo = [s for s in specs if force or not store.is_complete(s, latest)]
+    click.echo(f"{loaded.name}: {len(specs)} runs in {why}")
+    if len(todo) < len(specs):
+        click.echo(f"  {len(specs) - len(todo)} already done (same spec); --force runs them again")
+    results = run_with_progress(todo, store)
+    summarize(loaded.name, results, out)
+    if any(r.status == "error" for r in results):
+        sys.exit(1)
+
+
+def run_with_progress(specs: list, store: Any) -> list:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .runner import run_specs
+
+    console = Console(highlight=False)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, transient=True)
+    started: dict[str, float] = {}
+    with progress:
+        bar = progress.add_task("starting", total=len(specs))
+
+        def on_start(spec: Any) -> None:
+            started[spec.key] = time.perf_counter()
+            progress.update(bar, description=f"{spec.config}/{spec.label}")
+
+        def on_result(result: Any) -> None:
+            spec = result.run_spec
+            seconds = time.perf_counter() - started.get(spec.key, time.perf_counter())
+            row = result.row()
+            detail = (
+                f"peak {human_bytes(row['peak_bytes']):>10}  trainable {human_count(row['trainable_params']):>8}"
+                if result.status == "ok" else (result.message or "")
+            )
+            console.print(f"  {spec.config + '/' + spec.label:<24} {result.status:<15} {detail}  ({seconds:.1f} s)",
+                          markup=False, soft_wrap=True)
+            progress.advance(bar)
+
+        try:
+            return run_specs(specs, store, on_start=on_start, on_result=on_result)
+        except KeyboardInterrupt:
+            progress.stop()
+            click.echo("interrupted: finished runs are kept; run the same command to resume", err=True)
+            sys.exit(130)
+
+
+def summarize(suite: str, results: list, out: str) -> None:
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    if results:
+        click.echo("done: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    click.echo(f"results in {out}/{suite}/; see them with: unipt-bench results --suite {suite}"
+               + ("" if out == DEFAULT_OUT else f" --out {out}"))
+
+
+@cli.command()
+@click.option("--suite", required=True, help="Suite name (as stored).")
+@out_option
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+def results(suite: str, out: str, fmt: str) -> None:
+    """Show the newest result of every run of a suite (bytes and raw counts in csv/json)."""
+    from .results import ResultStore
+
+    store = ResultStore(out)
+    latest = store.latest(suite_name(suite))
+    if not latest:
+        known = store.suites()
+        hint = f" (stored suites: {', '.join(known)})" if known else ""
+        raise UserError(f"no results for suite {suite!r} in {out}{hint}; run: unipt-bench run --suite {suite}")
+    rows = [r.row() for r in sorted(latest.values(), key=lambda r: (r.spec["order"], r.spec["mode"]))]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    elif fmt == "csv":
+        import pandas as pd
+
+        click.echo(pd.DataFrame(rows).to_csv(index=False), nl=False)
+    else:
+        print_table(rows)
+
+
+def suite_name(suite: str) -> str:
+    """Accept a suite path as well as a name: stored results are keyed by the suite's name."""
+    if suite.endswith(".toml"):
+        import tomllib
+        from pathlib import Path
+
+        try:
+            return str(tomllib.loads(Path(suite).read_text(encoding="utf-8"))["name"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:
+            raise UserError(f"cannot read the suite name from {suite}: {exc}") from None
+    return suite
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    columns = ["config", "method", "mode", "status", "batch", "trainable", "method params", "head params",
+               "peak", "activations", "grads", "optimizer", "step s"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("config", "method", "mode", "status") else "right")
+    for r in rows:
+        step = r["step_seconds"]
+        table.add_row(
+            r["config"], r["method"], r["mode"], r["status"], f"{r['batch']}x{r['gpus']}" if r["gpus"] > 1 else str(r["batch"]),
+            human_count(r["trainable_params"]), human_count(r["trainable_method_params"]),
+            human_count(r["trainable_head_params"]), human_bytes(r["peak_bytes"]), human_bytes(r["activations_bytes"]),
+            human_bytes(r["grads_bytes"]), human_bytes(r["optimizer_state_bytes"]),
+            "-" if step is None else f"{step:.3f}",
+        )
+    Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
+
+
+def main() -> None:
+    """Entry point: user errors and usage errors print one line and exit 2, never a traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:  # usage errors: bad option values, unknown commands
+        context = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) else ""
+        click.echo(f"error: {context}{exc.format_message()}", err=True)
+        sys.exit(2)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

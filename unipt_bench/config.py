@@ -1,0 +1,269 @@
+"""Suite TOML -> validated dataclasses -> expanded RunSpecs. Unknown keys are errors that name file and line.
+
+A suite lists configurations (towers, task, batch); each configuration lists the methods to run on it,
+as names or as tables with per-method settings:
+
+    methods = ["partial", "unipt", { method = "bitfit", gpus = 8 }, { method = "unipt", label = "unipt-r4", reduction = 4 }]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+MODES = ("estimate", "cpu", "cuda")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+SUITE_KEYS = {"name", "description", "task", "task_options", "steps", "seed", "configs"}
+CONFIG_KEYS = {"name", "title", "paper", "task", "task_options", "batch", "gpus", "steps", "towers", "methods"}
+TOWER_KEYS = {"name", "backbone", "tuned", "weights"}
+RUN_KEYS = {"method", "label", "gpus"}  # the rest of a method table are the method's options
+
+
+@dataclass
+class TowerSpec:
+    name: str
+    backbone: str
+    tuned: bool = True  # False: a task-specific encoder trained in full with the head (no PETL method)
+    weights: str = "random"
+    shape: dict[str, int] = field(default_factory=dict)  # profiling input shape, e.g. {"seq_len": 32}
+
+
+@dataclass
+class RunSpec:
+    """Everything one run needs; its digest decides whether a stored result is still current."""
+
+    suite: str
+    config: str
+    label: str  # the method's name in this configuration (unique within it)
+    method: str
+    method_options: dict[str, Any]
+    task: str
+    task_options: dict[str, Any]
+    towers: list[TowerSpec]
+    batch: int  # per-device batch
+    gpus: int  # data-parallel devices the configuration's global batch is split over
+    steps: int
+    seed: int
+    mode: str
+    title: str = ""
+    paper: str | None = None  # the paper table this configuration mirrors, e.g. "table5-bert"
+    order: int = 0  # position in the suite (display only; not part of the digest)
+
+    @property
+    def key(self) -> str:
+        return f"{self.config}/{self.label}/{self.mode}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        towers = [TowerSpec(**t) for t in data["towers"]]
+        return cls(**{**data, "towers": towers})
+
+    def digest(self) -> str:
+        data = self.to_dict()
+        data.pop("order")
+        data.pop("title")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    path: str
+    specs: list[RunSpec]  # mode is filled in by `with_mode`
+
+    def with_mode(self, mode: str) -> list[RunSpec]:
+        return [RunSpec.from_dict({**s.to_dict(), "mode": mode}) for s in self.specs]
+
+
+def suites_dir() -> Path:
+    """The built-in suites: installed as unipt_bench/suites, or the checkout's top-level suites/ (editable)."""
+    package = Path(__file__).resolve().parent
+    for folder in (package / "suites", package.parent / "suites"):
+        if folder.is_dir():
+            return folder
+    raise UserError("the built-in suites folder is missing from this installation")
+
+
+def builtin_suites() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(suites_dir().glob("*.toml"))}
+
+
+def resolve_suite(name_or_path: str) -> Path:
+    """A built-in suite name, or a path to a TOML file."""
+    suites = builtin_suites()
+    if name_or_path in suites:
+        return suites[name_or_path]
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise UserError(f"suite file not found: {path}")
+        return path
+    raise UserError(f"unknown suite {name_or_path!r}; built-in suites: {', '.join(sorted(suites))}")
+
+
+class SuiteReader:
+    """Validates one suite file; every error names the file and, where found, the line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.text = path.read_text(encoding="utf-8")
+
+    def fail(self, message: str, near: str | None = None) -> UserError:
+        line = self.line_of(near) if near else None
+        where = f"{self.path}:{line}" if line else str(self.path)
+        return UserError(f"{where}: {message}")
+
+    def line_of(self, token: str) -> int | None:
+        pattern = re.compile(r"(?<![A-Za-z0-9_-])" + re.escape(token) + r"(?![A-Za-z0-9_-])")
+        for number, text in enumerate(self.text.splitlines(), start=1):
+            if pattern.search(text.split("#", 1)[0]):
+                return number
+        return None
+
+    def check_keys(self, table: dict[str, Any], allowed: set[str], what: str) -> None:
+        for key in table:
+            if key not in allowed:
+                raise self.fail(f"unknown key {key!r} in {what} (allowed: {', '.join(sorted(allowed))})", key)
+
+    def typed(self, table: dict[str, Any], key: str, kind: type, what: str, default: Any = None) -> Any:
+        if key not in table:
+            if default is None:
+                raise self.fail(f"{what} needs {key!r}")
+            return default
+        value = table[key]
+        if kind is int and (type(value) is not int or value < 1):
+            raise self.fail(f"{what}: {key} must be a positive integer, got {value!r}", key)
+        if kind is not int and not isinstance(value, kind):
+            raise self.fail(f"{what}: {key} must be a {kind.__name__}, got {value!r}", key)
+        return value
+
+    def name(self, table: dict[str, Any], key: str, what: str) -> str:
+        value = self.typed(table, key, str, what)
+        if not NAME_RE.match(value):
+            raise self.fail(f"{what}: {key} {value!r} may hold only letters, digits and _ . + -", value)
+        return value
+
+    def read(self) -> Suite:
+        try:
+            data = tomllib.loads(self.text)
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"{self.path}: malformed TOML: {exc}") from None
+        self.check_keys(data, SUITE_KEYS, "the suite")
+        name = self.name(data, "name", "the suite")
+        configs = data.get("configs")
+        if not isinstance(configs, list) or not configs:
+            raise self.fail("the suite needs at least one [[configs]] table")
+        specs: list[RunSpec] = []
+        seen: set[str] = set()
+        for config in configs:
+            for spec in self.read_config(name, data, config):
+                if spec.key in seen:
+                    raise self.fail(f"run {spec.config}/{spec.label} appears twice", spec.label)
+                seen.add(spec.key)
+                specs.append(RunSpec.from_dict({**spec.to_dict(), "order": len(specs)}))
+        return Suite(name, str(data.get("description", "")), str(self.path), specs)
+
+    def read_config(self, suite: str, defaults: dict[str, Any], config: dict[str, Any]) -> list[RunSpec]:
+        from .backbones import BACKBONES, create_backbone
+        from .methods import METHODS
+        from .tasks import TASKS
+
+        if not isinstance(config, dict):
+            raise self.fail("every entry of configs must be a table")
+        self.check_keys(config, CONFIG_KEYS, "a [[configs]] table")
+        cname = self.name(config, "name", "a [[configs]] table")
+        what = f"config {cname!r}"
+        task_name = self.typed(config, "task", str, what, defaults.get("task", "retrieval"))
+        if task_name not in TASKS:
+            raise self.fail(f"{what}: unknown task {task_name!r} (known: {', '.join(TASKS.names())})", task_name)
+        task_options = {**defaults.get("task_options", {}), **config.get("task_options", {})}
+        try:
+            task = TASKS.get(task_name).from_options(task_options)
+        except UserError as exc:
+            raise self.fail(f"{what}: {exc}") from None
+        batch = self.typed(config, "batch", int, what)
+        steps = self.typed(config, "steps", int, what, defaults.get("steps", 2))
+        seed = defaults.get("seed", 0)
+        towers = [self.read_tower(t, what, BACKBONES, create_backbone) for t in config.get("towers", [])]
+        if task.tower_count is not None and len(towers) != task.tower_count:
+            raise self.fail(f"{what}: task {task_name!r} needs {task.tower_count} towers, found {len(towers)}", cname)
+        if len({t.name for t in towers}) != len(towers):
+            raise self.fail(f"{what}: tower names must be distinct", cname)
+        methods = config.get("methods")
+        if not isinstance(methods, list) or not methods:
+            raise self.fail(f"{what} needs a non-empty methods list", cname)
+        specs = []
+        for entry in methods:
+            run = {"method": entry} if isinstance(entry, str) else entry
+            if not isinstance(run, dict) or "method" not in run:
+                raise self.fail(f"{what}: a methods entry must be a name or a table with 'method'", cname)
+            method = run["method"]
+            if method not in METHODS:
+                raise self.fail(f"{what}: unknown method {method!r} (known: {', '.join(METHODS.names())})", method)
+            options = {k: v for k, v in run.items() if k not in RUN_KEYS}
+            try:
+                METHODS.get(method).from_options(options)
+            except UserError as exc:
+                raise self.fail(f"{what}: {exc}", method) from None
+            label = run.get("label", method)
+            if not isinstance(label, str) or not NAME_RE.match(label):
+                raise self.fail(f"{what}: label {label!r} may hold only letters, digits and _ . + -", str(label))
+            gpus = self.typed(run, "gpus", int, f"{what}, method {label!r}", config.get("gpus", 1))
+            if batch % gpus:
+                raise self.fail(f"{what}: batch {batch} does not split evenly over {gpus} GPUs", label)
+            specs.append(
+                RunSpec(
+                    suite=suite, config=cname, label=label, method=method, method_options=options,
+                    task=task_name, task_options=task_options, towers=towers, batch=batch // gpus, gpus=gpus,
+                    steps=steps, seed=seed, mode="", title=str(config.get("title", "")), paper=config.get("paper"),
+                )
+            )
+        return specs
+
+    def read_tower(self, tower: dict[str, Any], what: str, backbones: Any, create: Any) -> TowerSpec:
+        import torch
+
+        if not isinstance(tower, dict):
+            raise self.fail(f"{what}: every tower must be a table")
+        tname = self.name(tower, "name", f"{what}, a tower")
+        backbone = self.typed(tower, "backbone", str, f"{what}, tower {tname!r}")
+        if backbone not in backbones:
+            raise self.fail(
+                f"{what}: unknown backbone {backbone!r} (known: {', '.join(backbones.names())})", backbone
+            )
+        with torch.device("meta"):
+            shape_keys = create(backbone, "random").shape_defaults
+        self.check_keys(tower, TOWER_KEYS | set(shape_keys), f"tower {tname!r} of {what} ({backbone})")
+        shape = {k: self.typed(tower, k, int, f"tower {tname!r}") for k in shape_keys if k in tower}
+        tuned = tower.get("tuned", True)
+        if not isinstance(tuned, bool):
+            raise self.fail(f"{what}: tower {tname!r}: tuned must be true or false", "tuned")
+        weights = self.typed(tower, "weights", str, f"tower {tname!r}", "random")
+        return TowerSpec(tname, backbone, tuned, weights, shape)
+
+
+def load_suite(name_or_path: str) -> Suite:
+    return SuiteReader(resolve_suite(name_or_path)).read()
+
+
+def select_methods(specs: list[RunSpec], wanted: str | None) -> list[RunSpec]:
+    """Keep runs whose method name or label is in the comma-separated `wanted` list."""
+    if not wanted:
+        return specs
+    names = [w.strip() for w in wanted.split(",") if w.strip()]
+    available = {s.method for s in specs} | {s.label for s in specs}
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise UserError(f"--methods: {', '.join(missing)} not in this suite (it has: {', '.join(sorted(available))})")
+    return [s for s in specs if s.method in names or s.label in names]

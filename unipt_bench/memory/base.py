@@ -1,0 +1,56 @@
+"""Tracker interface: context managers the training loop marks with phases; results are bytes, per counter."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any, Protocol
+
+PHASES = ("forward", "backward", "optimizer")
+CATEGORIES = ("params", "buffers", "grads", "activations", "temporaries", "optimizer_state", "inputs")
+
+
+class Tracker(Protocol):
+    """Measures memory while a few training steps run.
+
+    `mark(phase)` starts a phase ("forward", "backward", "optimizer"), `end_step()` closes a step, and
+    `result()` returns a JSON-ready dict of byte counts that names its counter.
+    """
+
+    counter: str
+
+    def __enter__(self) -> Tracker: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def mark(self, phase: str) -> None: ...
+
+    def end_step(self) -> None: ...
+
+    def result(self) -> dict[str, Any]: ...
+
+
+class Trackers:
+    """Several trackers entered together (ExitStack) and marked together; the loop sees one object."""
+
+    def __init__(self, trackers: list[Tracker]) -> None:
+        self.trackers = trackers
+        self._stack = ExitStack()
+
+    def __enter__(self) -> Trackers:
+        for tracker in self.trackers:
+            self._stack.enter_context(tracker)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.__exit__(*exc)
+
+    def mark(self, phase: str) -> None:
+        for tracker in self.trackers:
+            tracker.mark(phase)
+
+    def end_step(self) -> None:
+        for tracker in self.trackers:
+            tracker.end_step()
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        return {tracker.counter: tracker.result() for tracker in self.trackers}

@@ -1,0 +1,40 @@
+"""Process resident memory (RSS) around a CPU run: what the operating system saw, allocator caches included."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from typing import Any
+
+
+def max_rss_bytes() -> int:
+    """Peak RSS of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+class RssTracker:
+    """Peak RSS before and after the tracked steps; the difference is what the steps added."""
+
+    counter = "rss"
+
+    def __enter__(self) -> RssTracker:
+        self.before = max_rss_bytes()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.after = max_rss_bytes()
+
+    def mark(self, phase: str) -> None:
+        pass
+
+    def end_step(self) -> None:
+        pass
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "counter": "rss",
+            "source": "getrusage(RUSAGE_SELF).ru_maxrss",
+            "peak_bytes": self.after,
+            "peak_before_steps_bytes": self.before,
+        }

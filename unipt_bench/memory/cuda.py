@@ -1,0 +1,99 @@
+"""CUDA caching-allocator peaks per phase: each phase resets the peak counters and reads them at its end.
+
+Reads go through a small `CudaStats` object so tests can inject a reader; without a GPU the tracker
+is never built (the runner refuses `cuda` mode with a clear message).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+
+class CudaStats:
+    """The torch.cuda calls the tracker needs, for one device."""
+
+    def __init__(self, device: int = 0) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = device
+
+    def reset_peaks(self) -> None:
+        self.torch.cuda.synchronize(self.device)
+        self.torch.cuda.reset_peak_memory_stats(self.device)
+
+    def read(self) -> dict[str, int]:
+        self.torch.cuda.synchronize(self.device)
+        stats = self.torch.cuda.memory_stats(self.device)
+        return {
+            "max_memory_allocated": stats.get("allocated_bytes.all.peak", 0),
+            "max_memory_reserved": stats.get("reserved_bytes.all.peak", 0),
+            "active_bytes_peak": stats.get("active_bytes.all.peak", 0),
+            "num_alloc_retries": stats.get("num_alloc_retries", 0),
+            "num_ooms": stats.get("num_ooms", 0),
+        }
+
+
+def p99(values: list[int]) -> int:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+class CudaTracker:
+    """Allocator peaks per phase and per step (max_memory_allocated, reserved, active), plus retries and OOMs."""
+
+    counter = "cuda_allocator"
+
+    def __init__(self, stats: CudaStats | None = None) -> None:
+        self.stats = stats or CudaStats()
+        self.phase: str | None = None
+        self.by_phase: dict[str, dict[str, int]] = {}
+        self.step_peak = 0
+        self.steps: list[int] = []
+        self.last: dict[str, int] = {}
+
+    def __enter__(self) -> CudaTracker:
+        self.stats.reset_peaks()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close_phase()
+
+    def _close_phase(self) -> None:
+        if self.phase is None:
+            return
+        now = self.stats.read()
+        self.last = now
+        seen = self.by_phase.setdefault(self.phase, {})
+        for key in ("max_memory_allocated", "max_memory_reserved", "active_bytes_peak"):
+            seen[key] = max(seen.get(key, 0), now[key])
+        self.step_peak = max(self.step_peak, now["max_memory_allocated"])
+        self.phase = None
+
+    def mark(self, phase: str) -> None:
+        self._close_phase()
+        self.stats.reset_peaks()
+        self.phase = phase
+
+    def end_step(self) -> None:
+        self._close_phase()
+        self.steps.append(self.step_peak)
+        self.step_peak = 0
+
+    def result(self) -> dict[str, Any]:
+        peak = max((p["max_memory_allocated"] for p in self.by_phase.values()), default=0)
+        return {
+            "counter": self.counter,
+            "peak_bytes": peak,
+            "max_memory_reserved": max((p["max_memory_reserved"] for p in self.by_phase.values()), default=0),
+            "by_phase": {phase: dict(values) for phase, values in self.by_phase.items()},
+            "step_peak_bytes": list(self.steps),
+            "step_stats": {
+                "max": max(self.steps, default=0),
+                "mean": statistics.fmean(self.steps) if self.steps else 0,
+                "p99": p99(self.steps) if self.steps else 0,
+            },
+            "num_alloc_retries": self.last.get("num_alloc_retries", 0),
+            "num_ooms": self.last.get("num_ooms", 0),
+        }

@@ -1,0 +1,88 @@
+"""Prefix tuning (Li & Liang 2021, arXiv 2101.00190): learnable key/value prefixes in every attention layer.
+
+The prefixes come from a reparameterisation MLP (Embedding(P, D) -> Linear(D, 512) -> tanh ->
+Linear(512, 2*L*D)), as trained; only it trains, and gradients flow back through the whole backbone.
+The prefixes join the keys and values inside the attention function, so every transformers model that
+dispatches attention through `AttentionInterface` (BERT, RoBERTa, ViT, CLIP) works unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from ..backbones.base import Backbone, BackboneOutput
+from .base import Method, freeze, register_method
+
+ATTENTION_NAME = "unipt_bench_prefix"
+
+
+class PrefixSlot:
+    """Tells one attention module where its layer's prefixes are (not a Module: no registration cycle)."""
+
+    def __init__(self, owner: PrefixTuned, layer: int) -> None:
+        self.owner = owner
+        self.layer = layer
+
+
+def prefix_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):  # noqa: ANN001, ANN201
+    """SDPA with this layer's prefixes prepended to keys and values ([B, H, P + N, hd])."""
+    slot = getattr(module, "prefix_slot", None)
+    if slot is not None:
+        pk, pv = slot.owner.layer_prefixes(slot.layer, query.shape[0])  # [B, H, P, hd] each
+        key = torch.cat([pk, key], dim=2)
+        value = torch.cat([pv, value], dim=2)
+        if attention_mask is not None:  # [B|1, 1, Nq, Nk]: every query may attend every prefix
+            b, _, nq, _ = attention_mask.shape
+            keep = torch.ones if attention_mask.dtype == torch.bool else torch.zeros
+            pad = keep(b, 1, nq, pk.shape[2], dtype=attention_mask.dtype, device=attention_mask.device)
+            attention_mask = torch.cat([pad, attention_mask], dim=-1)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register(ATTENTION_NAME, prefix_attention)
+AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+class PrefixTuned(nn.Module):
+    """Backbone + prefix encoder; computes all layers' prefixes once per forward."""
+
+    def __init__(self, backbone: Backbone, length: int, bottleneck: int) -> None:
+        super().__init__()
+        self.backbone = freeze(backbone)
+        layers, width = backbone.num_layers, backbone.width
+        self.length, self.heads = length, backbone.num_heads
+        self.tokens = nn.Embedding(length, width)
+        self.mlp = nn.Sequential(nn.Linear(width, bottleneck), nn.Tanh(), nn.Linear(bottleneck, 2 * layers * width))
+        self.kv: torch.Tensor | None = None  # [L, 2, H, P, hd] during a forward
+        for i, attention in enumerate(backbone.attention_modules()):
+            attention.prefix_slot = PrefixSlot(self, i)
+        backbone.set_attention(ATTENTION_NAME)
+
+    def layer_prefixes(self, layer: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        kv = self.kv[layer]  # [2, H, P, hd]
+        return kv[0].expand(batch, -1, -1, -1), kv[1].expand(batch, -1, -1, -1)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> BackboneOutput:
+        p = self.mlp(self.tokens.weight)  # [P, 2*L*D]
+        layers = self.backbone.num_layers
+        self.kv = p.view(self.length, layers, 2, self.heads, -1).permute(1, 2, 3, 0, 4)  # [L, 2, H, P, hd]
+        try:
+            return self.backbone(inputs)
+        finally:
+            self.kv = None
+
+
+@register_method("prompt")
+@dataclass
+class Prompt(Method):
+    length: int = 30  # prefixes per layer
+    bottleneck: int = 512  # reparameterisation MLP width
+
+    def build(self, backbone: Backbone, out_dim: int) -> nn.Module:
+        return PrefixTuned(backbone, self.length, self.bottleneck)

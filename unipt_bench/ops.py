@@ -1,0 +1,23 @@
+"""Small tensor helpers shared by methods and heads."""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over tokens of x [B, N, C] counting only valid tokens (mask [B, N]); returns [B, C]."""
+    if mask is None:
+        return x.mean(dim=1)
+    m = mask.to(x.dtype).unsqueeze(-1)  # [B, N, 1]
+    return (x * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
+
+
+def l1norm(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """x / (sum |x| + 1e-8) along `dim` (SPEC_METHODS notation)."""
+    return x / (x.abs().sum(dim=dim, keepdim=True) + 1e-8)
+
+
+def l2norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """x / (||x||_2 + 1e-8) along `dim`."""
+    return x / (x.norm(dim=dim, keepdim=True) + 1e-8)

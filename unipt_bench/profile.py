@@ -1,0 +1,156 @@
+"""Profile one run: a few AdamW training steps at the task's full shapes under the memory trackers.
+
+The step itself holds no measurement code: trackers are marked at phase boundaries. Modes:
+- estimate: built on the meta device, materialised as fake tensors; MemTracker counts exact bytes.
+- cpu: the same tracker on real CPU tensors, plus process RSS, plus timed steps.
+- cuda: allocator peaks per phase on the GPU, plus timed steps.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import ExitStack
+from typing import Any
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from .build import Built, build, example_batch, parameter_counts
+from .config import RunSpec
+from .errors import UserError
+from .memory.base import Trackers
+from .memory.cpu import RssTracker
+from .memory.cuda import CudaTracker
+from .memory.estimate import TensorMemoryTracker
+
+TIMED_STEPS = 3  # untracked steps timed after the tracked ones (cpu and cuda modes)
+
+
+class NullTracker:
+    def mark(self, phase: str) -> None:
+        pass
+
+    def end_step(self) -> None:
+        pass
+
+
+def train_step(
+    model: nn.Module,
+    batch: dict[str, dict[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    grad_clip: float | None,
+    tracker: Any,
+) -> None:
+    """forward -> backward -> (clip) optimizer step -> zero_grad(set_to_none); phases marked for the trackers."""
+    tracker.mark("forward")
+    loss = model(batch)
+    tracker.mark("backward")
+    loss.backward()
+    tracker.mark("optimizer")
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    tracker.end_step()
+
+
+def make_optimizer(built: Built) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
+    """AdamW over the trainable parameters only, with the task recipe; foreach as CUDA uses by default."""
+    params = [p for p in built.model.parameters() if p.requires_grad]
+    if not params:
+        raise UserError("nothing trains in this run (no parameter requires grad)")
+    recipe = built.task.recipe
+    optimizer = torch.optim.AdamW(
+        params, lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay, foreach=True
+    )
+    return optimizer, params
+
+
+def flat_inputs(batch: dict[str, dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+    return [t for tower in batch.values() for t in tower.values()]
+
+
+def protocol(spec: RunSpec, built: Built) -> dict[str, Any]:
+    """How the figures were measured; reports compare results only when protocols match."""
+    recipe = built.task.recipe
+    return {
+        "mode": spec.mode,
+        "dtype": "float32",
+        "amp": None,
+        "optimizer": "AdamW(foreach=True)",
+        "lr": recipe.lr,
+        "weight_decay": recipe.weight_decay,
+        "grad_clip": recipe.grad_clip,
+        "zero_grad": "set_to_none",
+        "attention": "sdpa",
+        "batch_per_device": spec.batch,
+        "gpus": spec.gpus,
+        "shapes": {t.name: {**t.shape} for t in spec.towers},
+        "tracked_steps": spec.steps,
+        "timed_steps": 0 if spec.mode == "estimate" else TIMED_STEPS,
+        "seed": spec.seed,
+        "torch_threads": torch.get_num_threads(),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
+
+
+def timed_steps(built: Built, batch: Any, optimizer: Any, params: Any, sync: Any) -> list[float]:
+    seconds = []
+    for _ in range(TIMED_STEPS):
+        sync()
+        start = time.perf_counter()
+        train_step(built.model, batch, optimizer, params, built.task.recipe.grad_clip, NullTracker())
+        sync()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def profile(spec: RunSpec) -> dict[str, Any]:
+    """Run the spec's profile; returns params, memory (per counter), timing and protocol."""
+    if spec.mode == "cuda" and not torch.cuda.is_available():
+        raise UserError("cuda mode needs a CUDA GPU and none is visible; use --mode estimate or cpu")
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        if spec.mode == "estimate":
+            with torch.device("meta"):
+                built = build(spec, weights=False)
+            stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
+            built.model.to_empty(device="cpu")
+        else:
+            built = build(spec)
+            if spec.mode == "cuda":
+                built.model.to("cuda")
+                stack.enter_context(torch.device("cuda"))
+        built_seconds = time.perf_counter() - started
+        built.model.train()
+        batch = example_batch(built, spec)
+        optimizer, params = make_optimizer(built)
+        trackers = make_trackers(spec, built, optimizer, batch)
+        traced = time.perf_counter()
+        with trackers:
+            for _ in range(spec.steps):
+                train_step(built.model, batch, optimizer, params, built.task.recipe.grad_clip, trackers)
+        timing: dict[str, Any] = {"build_seconds": built_seconds, "tracked_seconds": time.perf_counter() - traced}
+        if spec.mode != "estimate":
+            sync = torch.cuda.synchronize if spec.mode == "cuda" else (lambda: None)
+            seconds = timed_steps(built, batch, optimizer, params, sync)
+            timing.update(step_seconds=statistics.median(seconds), step_seconds_all=seconds)
+        else:
+            timing["step_seconds"] = None  # fake tensors run no kernels: no step time to report
+    return {
+        "params": parameter_counts(built),
+        "memory": trackers.results(),
+        "timing": timing,
+        "protocol": protocol(spec, built),
+    }
+
+
+def make_trackers(spec: RunSpec, built: Built, optimizer: Any, batch: Any) -> Trackers:
+    if spec.mode == "cuda":
+        return Trackers([CudaTracker()])
+    counter = "memtracker_fake" if spec.mode == "estimate" else "memtracker_real"
+    tensors = TensorMemoryTracker(built.model, optimizer, flat_inputs(batch), counter)
+    return Trackers([tensors] if spec.mode == "estimate" else [tensors, RssTracker()])

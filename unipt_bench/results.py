@@ -1,0 +1,153 @@
+"""Run results: a versioned JSON schema, one file per run (never overwritten), and the store that holds them."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .config import RunSpec
+from .errors import UserError
+from .memory.base import CATEGORIES
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "oom", "not_applicable", "error", "interrupted")
+FINAL_STATUSES = {"ok", "oom", "not_applicable"}  # re-running a suite skips these (same spec digest)
+PRIMARY_COUNTER = {"estimate": "memtracker_fake", "cpu": "memtracker_real", "cuda": "cuda_allocator"}
+
+
+@dataclass
+class RunResult:
+    spec: dict[str, Any]
+    status: str
+    digest: str
+    params: dict[str, int] | None = None
+    memory: dict[str, Any] | None = None  # counter name -> its figures, in bytes
+    timing: dict[str, Any] | None = None
+    protocol: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    env: dict[str, Any] = field(default_factory=dict)
+    message: str | None = None  # why a run is not ok, in one line
+    detail: str | None = None  # e.g. the traceback of an error, for the curious
+    started: str = ""
+    finished: str = ""
+    schema: int = SCHEMA_VERSION
+
+    @property
+    def run_spec(self) -> RunSpec:
+        return RunSpec.from_dict(self.spec)
+
+    @property
+    def key(self) -> str:
+        return self.run_spec.key
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunResult:
+        data = json.loads(text)
+        if data.get("schema") != SCHEMA_VERSION:
+            raise ValueError(f"result schema {data.get('schema')} is not {SCHEMA_VERSION}")
+        return cls(**data)
+
+    def primary_memory(self) -> dict[str, Any] | None:
+        """The counter that gives this mode's peak_bytes (MemTracker for estimate/cpu, the allocator for cuda)."""
+        if not self.memory:
+            return None
+        return self.memory.get(PRIMARY_COUNTER[self.spec["mode"]])
+
+    def row(self) -> dict[str, Any]:
+        """One flat row for tables and CSV."""
+        spec = self.spec
+        primary = self.primary_memory() or {}
+        row: dict[str, Any] = {
+            "suite": spec["suite"],
+            "config": spec["config"],
+            "towers": " + ".join(
+                f"{t['backbone']}{'' if t['tuned'] else ' (trained)'}" for t in spec["towers"]
+            ),
+            "method": spec["label"],
+            "mode": spec["mode"],
+            "status": self.status,
+            "batch": spec["batch"],
+            "gpus": spec["gpus"],
+        }
+        row.update(dict.fromkeys(("trainable_params", "trainable_method_params", "trainable_head_params",
+                                  "total_params")))
+        row.update(self.params or {})
+        row["peak_bytes"] = primary.get("peak_bytes")
+        row["counter"] = primary.get("counter")
+        categories = primary.get("by_category", {})
+        for cat in CATEGORIES:
+            row[f"{cat}_bytes"] = categories.get(cat)
+        row["step_seconds"] = (self.timing or {}).get("step_seconds")
+        row["message"] = self.message
+        return row
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ResultStore:
+    """<root>/<suite>/<config>/<label>.<mode>.<UTC time>.json; the newest file of a run is its result."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def write(self, result: RunResult) -> Path:
+        spec = result.run_spec
+        stamp = result.finished.replace(":", "").replace("-", "")
+        path = self.root / spec.suite / spec.config / f"{spec.label}.{spec.mode}.{stamp}.json"
+        while path.exists():  # never overwrite, even within one microsecond
+            path = path.with_name(path.stem + "_.json")
+        write_atomic(path, result.to_json())
+        return path
+
+    def all(self, suite: str) -> list[tuple[Path, RunResult]]:
+        folder = self.root / suite
+        found = []
+        for path in sorted(folder.glob("*/*.json")):
+            try:
+                found.append((path, RunResult.from_json(path.read_text(encoding="utf-8"))))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise UserError(f"unreadable result file {path}: {exc}") from None
+        return found
+
+    def latest(self, suite: str) -> dict[str, RunResult]:
+        """Newest result per run key (config/label/mode)."""
+        newest: dict[str, RunResult] = {}
+        for _, result in self.all(suite):
+            key = result.key
+            if key not in newest or result.finished >= newest[key].finished:
+                newest[key] = result
+        return newest
+
+    def suites(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and any(p.glob("*/*.json")))
+
+    def is_complete(self, spec: RunSpec, latest: dict[str, RunResult]) -> bool:
+        done = latest.get(spec.key)
+        return done is not None and done.status in FINAL_STATUSES and done.digest == spec.digest()

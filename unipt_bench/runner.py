@@ -1,0 +1,149 @@
+"""Run RunSpecs in child processes; not-applicable, OOM, errors, a dead worker and Ctrl-C become result statuses.
+
+Estimate runs share one long-lived worker (fake tensors leave nothing behind, and importing torch
+per run would cost seconds); cpu and cuda runs each get a fresh process, so peaks, RSS and cached
+allocator blocks never carry over. Results are written as soon as each run ends.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import traceback
+import warnings
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .config import RunSpec
+from .errors import NotApplicable, UserError
+from .results import ResultStore, RunResult, now
+
+
+def execute(spec_data: dict[str, Any]) -> dict[str, Any]:
+    """Profile one spec and return its RunResult as a dict; never raises for a failing run."""
+    import torch
+
+    from .environment import environment
+    from .profile import profile
+
+    spec = RunSpec.from_dict(spec_data)
+    result = RunResult(spec=spec_data, status="ok", digest=spec.digest(), started=now())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out = profile(spec)
+            result.params, result.memory = out["params"], out["memory"]
+            result.timing, result.protocol = out["timing"], out["protocol"]
+        except NotApplicable as exc:
+            result.status, result.message = "not_applicable", str(exc)
+        except torch.OutOfMemoryError as exc:
+            result.status = "oom"
+            result.message = f"out of memory at batch {spec.batch} per device: {str(exc).splitlines()[0]}"
+        except UserError as exc:
+            result.status, result.message = "error", str(exc)
+        except Exception as exc:  # a failing run is a result, not a crash of the suite
+            result.status, result.message = "error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            result.detail = traceback.format_exc()
+    seen = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+    if seen:
+        result.detail = "\n".join(filter(None, [result.detail, "warnings:", *seen]))
+    result.env = environment()
+    result.finished = now()
+    return result.__dict__
+
+
+def _serve(conn: Connection) -> None:
+    """Child loop: receive spec dicts, send result dicts, stop on None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    while (spec := conn.recv()) is not None:
+        conn.send(execute(spec))
+
+
+class Worker:
+    """One spawned child process that runs specs sent to it."""
+
+    def __init__(self) -> None:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+
+    def run(self, spec: RunSpec) -> dict[str, Any]:
+        self.conn.send(spec.to_dict())
+        while not self.conn.poll(0.2):
+            if not self.process.is_alive():
+                raise ChildProcessError(f"the worker process died (exit code {self.process.exitcode})")
+        return self.conn.recv()
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+            self.process.join(timeout=10)
+        self.kill()
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+def failed(spec: RunSpec, status: str, message: str) -> RunResult:
+    stamp = now()
+    return RunResult(spec=spec.to_dict(), status=status, digest=spec.digest(), message=message, started=stamp,
+                     finished=stamp)
+
+
+def run_specs(
+    specs: list[RunSpec],
+    store: ResultStore,
+    isolate: bool = True,
+    on_start: Callable[[RunSpec], None] = lambda spec: None,
+    on_result: Callable[[RunResult], None] = lambda result: None,
+) -> list[RunResult]:
+    """Run specs in order, writing each result as it ends. Ctrl-C records `interrupted` and re-raises."""
+    results: list[RunResult] = []
+    worker: Worker | None = None
+
+    def run_one(spec: RunSpec) -> RunResult:
+        nonlocal worker
+        if not isolate:
+            return RunResult(**execute(spec.to_dict()))
+        if worker is None or spec.mode != "estimate":
+            if worker is not None:
+                worker.close()
+            worker = Worker()
+        try:
+            return RunResult(**worker.run(spec))
+        except (ChildProcessError, EOFError, OSError) as exc:
+            worker.kill()
+            worker = None
+            return failed(spec, "error", str(exc))
+
+    try:
+        for spec in specs:
+            on_start(spec)
+            try:
+                result = run_one(spec)
+            except KeyboardInterrupt:
+                if worker is not None:
+                    worker.kill()
+                    worker = None
+                result = failed(spec, "interrupted", "interrupted by the user (Ctrl-C)")
+                store.write(result)
+                on_result(result)
+                raise
+            store.write(result)
+            results.append(result)
+            on_result(result)
+    finally:
+        if worker is not None:
+            worker.close()
+    return results

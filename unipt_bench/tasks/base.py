@@ -1,0 +1,70 @@
+"""The task interface: a task builds heads on top of the towers and knows its loss and recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..backbones.base import Backbone
+from ..configurable import Configurable
+from ..registry import Registry
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+register_task = TASKS.named
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimiser settings of the task's reference recipe (SPEC_METHODS section 4)."""
+
+    lr: float
+    weight_decay: float
+    grad_clip: float | None
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class Tower:
+    """One input branch: the (tuned) backbone module, the backbone it wraps, and whether a PETL method tunes it."""
+
+    module: nn.Module  # inputs -> BackboneOutput
+    backbone: Backbone
+    tuned: bool
+    width: int  # width of BackboneOutput.last after the method
+
+
+class TaskModel(nn.Module):
+    """Towers plus task heads; `forward(batch)` returns the training loss.
+
+    batch maps tower name -> that tower's inputs. `towers` and `heads` are the two halves that
+    parameter accounting and memory attribution split on.
+    """
+
+    towers: nn.ModuleDict
+    heads: nn.ModuleDict
+    tuned: tuple[str, ...]  # names of towers a PETL method tunes
+
+    def forward(self, batch: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+@dataclass
+class Task(Configurable):
+    """A downstream task: heads, loss and recipe (options are dataclass fields, set from the suite)."""
+
+    kind_label = "task"
+    recipe: ClassVar[Recipe]
+    tower_count: ClassVar[int | None] = None  # None: any number
+
+    @property
+    def out_dim(self) -> int:
+        """Width the side methods project to (the task's embedding width E)."""
+        raise NotImplementedError
+
+    def build(self, towers: dict[str, Tower]) -> TaskModel:  # pragma: no cover - abstract
+        raise NotImplementedError
