@@ -8,9 +8,9 @@ from .base import BACKBONES, Backbone, BackboneOutput, register_backbone
 __all__ = ["BACKBONES", "Backbone", "BackboneOutput", "create_backbone", "register_backbone"]
 
 
-def create_backbone(name: str, weights: str | None = None) -> Backbone:
+def create_backbone(name: str, weights: str = "random") -> Backbone:
     """Build backbone `name`; weights: "random", "pretrained" (the variant's default source), a hub name or a path."""
     info = BACKBONES.get(name)
-    if weights is None or weights == "pretrained":
+    if weights == "pretrained":
         weights = info.default_weights
     return info.factory(weights=weights)
