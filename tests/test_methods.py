@@ -9,6 +9,8 @@ from unipt_bench.backbones import BACKBONES, create_backbone
 from unipt_bench.errors import NotApplicable, UserError
 from unipt_bench.methods import METHODS, create_method
 
+from .helpers import saved_activation_count, trainable
+
 # Tiny transformer variants: width D, FFN width I, layers L, and bias vectors of width D outside the layers
 # (BERT: embedding LayerNorm; CLIP text: final LayerNorm; ViT: patch conv + final LayerNorm;
 # CLIP vision: pre- and post-LayerNorm).
@@ -20,10 +22,6 @@ TINY_TRANSFORMERS = {
     "tiny-clip-vision": (32, 64, 2, 2),
 }
 E = 16  # task embedding width used in these tests
-
-
-def trainable(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def transformer_layer(d: int, i: int) -> int:
@@ -127,26 +125,6 @@ def test_every_method_applies_to_every_tiny_transformer_or_says_why() -> None:
                 continue
             assert bb.kind in METHODS.get(method).kinds
             assert trainable(tower) >= 0
-
-
-def saved_activation_count(tower: torch.nn.Module, backbone: torch.nn.Module, inputs: dict) -> tuple[int, int]:
-    """(tensors the backbone saves for backward, total saved) during one forward of `tower`."""
-    counts = {"backbone": 0, "all": 0}
-    inside = {"flag": False}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        counts["all"] += 1
-        counts["backbone"] += inside["flag"]
-        return t
-
-    pre = backbone.register_forward_pre_hook(lambda *_: inside.__setitem__("flag", True))
-    post = backbone.register_forward_hook(lambda *_: inside.__setitem__("flag", False))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = tower(inputs)
-    pre.remove()
-    post.remove()
-    out.last.float().pow(2).mean().backward()
-    return counts["backbone"], counts["all"]
 
 
 TOKEN_BACKBONES = ["tiny-bert", "tiny-vit", "tiny-clip-text", "tiny-clip-vision"]

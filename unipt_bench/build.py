@@ -34,7 +34,7 @@ def build(spec: RunSpec, weights: bool = True) -> Built:
             width = method.output_width(backbone, task.out_dim)
         else:
             module, width = backbone, backbone.width
-        towers[t.name] = Tower(module, backbone, t.tuned, width)
+        towers[t.name] = Tower(module, backbone, t.tuned, width, t.pooling)
     return Built(task.build(towers), towers, task, method)
 
 

@@ -22,7 +22,7 @@ MODES = ("estimate", "cpu", "cuda")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 SUITE_KEYS = {"name", "description", "task", "task_options", "steps", "seed", "configs"}
 CONFIG_KEYS = {"name", "title", "paper", "task", "task_options", "batch", "gpus", "steps", "towers", "methods"}
-TOWER_KEYS = {"name", "backbone", "tuned", "weights"}
+TOWER_KEYS = {"name", "backbone", "tuned", "weights", "pooling"}
 RUN_KEYS = {"method", "label", "gpus"}  # the rest of a method table are the method's options
 
 
@@ -33,6 +33,7 @@ class TowerSpec:
     tuned: bool = True  # False: a task-specific encoder trained in full with the head (no PETL method)
     weights: str = "random"
     shape: dict[str, int] = field(default_factory=dict)  # profiling input shape, e.g. {"seq_len": 32}
+    pooling: str | None = None  # how the task head pools this tower (None: the task's default)
 
 
 @dataclass
@@ -234,6 +235,8 @@ class SuiteReader:
     def read_tower(self, tower: dict[str, Any], what: str, backbones: Any, create: Any) -> TowerSpec:
         import torch
 
+        from .tasks.pooling import POOLINGS
+
         if not isinstance(tower, dict):
             raise self.fail(f"{what}: every tower must be a table")
         tname = self.name(tower, "name", f"{what}, a tower")
@@ -250,7 +253,10 @@ class SuiteReader:
         if not isinstance(tuned, bool):
             raise self.fail(f"{what}: tower {tname!r}: tuned must be true or false", "tuned")
         weights = self.typed(tower, "weights", str, f"tower {tname!r}", "random")
-        return TowerSpec(tname, backbone, tuned, weights, shape)
+        pooling = tower.get("pooling")
+        if pooling is not None and pooling not in POOLINGS:
+            raise self.fail(f"{what}: tower {tname!r}: pooling must be one of {', '.join(POOLINGS)}", str(pooling))
+        return TowerSpec(tname, backbone, tuned, weights, shape, pooling)
 
 
 def load_suite(name_or_path: str) -> Suite:

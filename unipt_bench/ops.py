@@ -13,7 +13,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return (x * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
 
 
-def l1norm(x: torch.Tensor, dim: int) -> torch.Tensor:
+def l1norm(x: torch.Tensor, dim: int | tuple[int, ...]) -> torch.Tensor:
     """x / (sum |x| + 1e-8) along `dim` (SPEC_METHODS notation)."""
     return x / (x.abs().sum(dim=dim, keepdim=True) + 1e-8)
 
@@ -21,3 +21,10 @@ def l1norm(x: torch.Tensor, dim: int) -> torch.Tensor:
 def l2norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """x / (||x||_2 + 1e-8) along `dim`."""
     return x / (x.norm(dim=dim, keepdim=True) + 1e-8)
+
+
+def pooled_index(mask: torch.Tensor | None, kind: str, batch: int, device: torch.device) -> torch.Tensor:
+    """Token position per row: 0 for "cls"; the last valid token for "eot" (CLIP text's end token)."""
+    if kind == "eot" and mask is not None:
+        return mask.sum(dim=1) - 1  # [B]
+    return torch.zeros(batch, dtype=torch.long, device=device)

@@ -20,11 +20,13 @@ class BackboneOutput:
             [B, N, D_k] for token models, [B, C_k, H_k, W_k] for a CNN.
     last:   the tokens the task head pools, [B, N, D] (a CNN's last stage flattened to [B, H*W, C]).
     mask:   [B, N] with 1 for valid tokens, or None when every token is valid.
+    frames: rows per sample: a video tower runs its F frames as F consecutive rows (B = samples * F).
     """
 
     hidden: tuple[torch.Tensor, ...]
     last: torch.Tensor
     mask: torch.Tensor | None
+    frames: int = 1
 
 
 class Backbone(nn.Module):

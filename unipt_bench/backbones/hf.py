@@ -69,30 +69,38 @@ class HFEncoder(Backbone):
         self.num_heads: int = cfg.num_attention_heads
         self.width = cfg.hidden_size
         self.hidden_sizes = (cfg.hidden_size,) * (self.num_layers + 1)
-        self.shape_defaults = (
-            {"seq_len": 32} if layout.modality == "text" else {"image_size": getattr(cfg, "image_size", 224)}
-        )
+        size = getattr(cfg, "image_size", 224)
+        self.shape_defaults = {
+            "text": {"seq_len": 32},
+            "image": {"image_size": size},
+            "video": {"frames": 12, "image_size": size},  # CLIP4Clip: 12 frames per clip
+        }[layout.modality]
 
     @property
     def config(self) -> PretrainedConfig:
         return self.model.config
 
     def forward(self, inputs: dict[str, torch.Tensor], all_hidden: bool = False) -> BackboneOutput:
+        mask, frames = None, 1
         if self.layout.modality == "text":
             mask = inputs["attention_mask"]
             out = self.model(input_ids=inputs["input_ids"], attention_mask=mask, output_hidden_states=all_hidden)
         else:
-            mask = None
-            out = self.model(pixel_values=inputs["pixel_values"], output_hidden_states=all_hidden)
+            pixels = inputs["pixel_values"]  # [B, 3, H, W], or [B, F, 3, H, W] for a video
+            if self.layout.modality == "video":
+                frames, pixels = pixels.shape[1], pixels.flatten(0, 1)  # frames run as rows: [B*F, 3, H, W]
+            out = self.model(pixel_values=pixels, output_hidden_states=all_hidden)
         hidden = tuple(out.hidden_states) if all_hidden else (out.last_hidden_state,)
-        return BackboneOutput(hidden, out.last_hidden_state, mask)
+        return BackboneOutput(hidden, out.last_hidden_state, mask, frames)
 
     def dummy_inputs(self, batch: int, **shape: int) -> dict[str, torch.Tensor]:
+        shape = {**self.shape_defaults, **shape}
         if self.layout.modality == "text":
-            seq_len = shape.get("seq_len", self.shape_defaults["seq_len"])
-            ids = torch.randint(0, self.config.vocab_size, (batch, seq_len))  # [B, N]
-            return {"input_ids": ids, "attention_mask": padded_mask(batch, seq_len)}
-        size = shape.get("image_size", self.shape_defaults["image_size"])
+            ids = torch.randint(0, self.config.vocab_size, (batch, shape["seq_len"]))  # [B, N]
+            return {"input_ids": ids, "attention_mask": padded_mask(batch, shape["seq_len"])}
+        size = shape["image_size"]
+        if self.layout.modality == "video":
+            return {"pixel_values": torch.randn(batch, shape["frames"], 3, size, size)}  # [B, F, 3, H, W]
         return {"pixel_values": torch.randn(batch, 3, size, size)}  # [B, 3, H, W]
 
     # -- insertion points used by the methods -------------------------------------------------------
@@ -103,13 +111,13 @@ class HFEncoder(Backbone):
         """The modules that call the attention function, one per layer (prefix tuning joins here)."""
         return [get_path(layer, self.layout.attention) for layer in self.blocks()]
 
-    def adapter_sites(self) -> list[tuple[nn.Module, str]]:
-        """(parent, attribute) of each projection an adapter follows: attention out, then FFN out, per layer."""
+    def adapter_sites(self) -> list[tuple[nn.Module, str, int]]:
+        """(parent, attribute, width) of each projection an adapter follows: attention out, FFN out, per layer."""
         sites = []
         for layer in self.blocks():
             for path in (self.layout.attn_out, self.layout.ffn_out):
                 parent_path, _, leaf = path.rpartition(".")
-                sites.append((get_path(layer, parent_path) if parent_path else layer, leaf))
+                sites.append((get_path(layer, parent_path) if parent_path else layer, leaf, self.width))
         return sites
 
     def lora_targets(self) -> tuple[nn.Module, list[str]]:

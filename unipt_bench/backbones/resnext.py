@@ -35,6 +35,10 @@ class ResNetStages(Backbone):
     def blocks(self) -> list[nn.Module]:
         return self.stages()
 
+    def adapter_sites(self) -> list[tuple[nn.Module, str, int]]:
+        """(parent, attribute, channels) of each stage conv2..conv5: an adapter follows each."""
+        return [(self.net, f"layer{k}", c) for k, c in enumerate(self.hidden_sizes, start=1)]
+
     def stem(self, pixels: torch.Tensor) -> torch.Tensor:
         net = self.net
         return net.maxpool(net.act1(net.bn1(net.conv1(pixels))))  # [B, 64, H/4, W/4]

@@ -1,8 +1,8 @@
 """Adapter tuning (Houlsby et al. 2019, arXiv 1902.00751): bottlenecks inside the frozen backbone.
 
-After the attention output projection and after the FFN output projection of every layer:
-`x + Up(ReLU(Down(x)))`, bottleneck D / reduction. Only the adapters train, but gradients flow back
-through every layer of the backbone.
+Transformer: after the attention output projection and after the FFN output projection of every
+layer, `x + Up(ReLU(Down(x)))` with bottleneck D / 16. CNN: a 1x1-conv bottleneck of C / 8 after each
+stage conv2..conv5. Only the adapters train, but gradients flow back through the whole backbone.
 """
 
 from __future__ import annotations
@@ -17,23 +17,24 @@ from .base import Method, freeze, register_method
 
 
 class Bottleneck(nn.Module):
-    """x + Up(ReLU(Down(x))), with Up initialised near zero so the adapter starts as the identity."""
+    """x + Up(ReLU(Down(x))) over the last dim (tokens) or channels (1x1 convs); Up starts near zero."""
 
-    def __init__(self, width: int, bottleneck: int) -> None:
+    def __init__(self, width: int, bottleneck: int, conv: bool = False) -> None:
         super().__init__()
-        self.down = nn.Linear(width, bottleneck)
-        self.up = nn.Linear(bottleneck, width)
+        layer = (lambda i, o: nn.Conv2d(i, o, 1)) if conv else nn.Linear
+        self.down = layer(width, bottleneck)
+        self.up = layer(bottleneck, width)
         nn.init.normal_(self.up.weight, std=1e-3)
         nn.init.zeros_(self.up.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, D]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, D] or [B, C, H, W]
         return x + self.up(torch.relu(self.down(x)))
 
 
 class Adapted(nn.Module):
-    """A frozen projection followed by its adapter."""
+    """A frozen module (projection or CNN stage) followed by its adapter."""
 
-    def __init__(self, base: nn.Linear, adapter: Bottleneck) -> None:
+    def __init__(self, base: nn.Module, adapter: Bottleneck) -> None:
         super().__init__()
         self.base = base
         self.adapter = adapter
@@ -45,11 +46,14 @@ class Adapted(nn.Module):
 @register_method("adapter")
 @dataclass
 class Adapter(Method):
-    reduction: int = 16  # bottleneck = D / 16 (Houlsby)
+    kinds = frozenset({"transformer", "cnn"})
+    reduction: int = 16  # transformer bottleneck = D / 16 (Houlsby)
+    cnn_reduction: int = 8  # CNN bottleneck = C / 8 (with the 2048 -> 1024 head: the paper's 3.5M)
 
     def build(self, backbone: Backbone, out_dim: int) -> nn.Module:
         freeze(backbone)
-        for parent, attr in backbone.adapter_sites():
-            base = getattr(parent, attr)
-            setattr(parent, attr, Adapted(base, Bottleneck(base.out_features, base.out_features // self.reduction)))
+        conv = backbone.kind == "cnn"
+        reduction = self.cnn_reduction if conv else self.reduction
+        for parent, attr, width in backbone.adapter_sites():
+            setattr(parent, attr, Adapted(getattr(parent, attr), Bottleneck(width, width // reduction, conv)))
         return backbone

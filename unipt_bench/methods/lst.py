@@ -1,57 +1,111 @@
 """Ladder Side Tuning (Sung et al. 2022, arXiv 2206.06522), the paper's main memory-efficient competitor.
 
-A side network of the backbone's own layer type at width d = D / r, fed through gated ladder
-connections from every hidden state of the frozen backbone (run under no_grad): only the side
-network trains and gradients never enter the backbone. SPEC_METHODS section 2.
+A side network fed through gated ladder connections from the hidden states of the frozen backbone
+(run under no_grad): only the side network trains and gradients never enter the backbone.
+Transformer: side layers of the backbone's own type at width D / r, one per layer. CNN: each stage
+is average-pooled to the last grid and projected to width d by a 1x1 conv; three transformer side
+layers run over the grid's tokens (the conv1 stem is not used). SPEC_METHODS section 2.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+from transformers import BertConfig
+from transformers.models.bert.modeling_bert import BertLayer
 
 from ..backbones.base import Backbone, BackboneOutput
+from ..backbones.hf import HFEncoder
 from ..errors import UserError
 from .base import Method, SideTuned, register_method
+from .unipt_cnn import pooling_rate, tokens
 
 
-class LadderSide(nn.Module):
-    """Down_0(h_0), then for each kept layer i: gate with Down_i(h_i) and run side layer i."""
+class Ladder(nn.Module):
+    """x = Down_0(h_0); for each side layer k: gate x with Down_{k+1}(h_{k+1}), then run side layer k.
 
-    def __init__(self, backbone: Backbone, out_dim: int, reduction: int, temperature: float, layers: list[int]):
+    `downs` map hidden states to side tokens [B, N, d]; one gate alpha_k (init 0, temperature T) per layer.
+    """
+
+    def __init__(self, downs: nn.ModuleList, side_layers: nn.ModuleList, run_layer: Callable, width: int,
+                 out_dim: int, temperature: float, sources: list[int]) -> None:
         super().__init__()
-        width = backbone.width // reduction
-        self.layers = layers  # backbone layer indices (1..L) that get a side layer
+        self.downs, self.side_layers, self.run_layer = downs, side_layers, run_layer
+        self.sources = sources  # index of the hidden state feeding each down projection
         self.temperature = temperature
-        self.run_layer = backbone.run_side_layer
-        self.downs = nn.ModuleList(nn.Linear(backbone.hidden_sizes[i], width) for i in [0, *layers])
-        self.gates = nn.Parameter(torch.zeros(len(layers)))  # alpha_i, init 0: an even mix at the start
-        self.side_layers = nn.ModuleList(backbone.side_layer(reduction) for _ in layers)
+        self.gates = nn.Parameter(torch.zeros(len(side_layers)))
         self.up = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, out_dim))
 
+    def ladder_input(self, k: int, out: BackboneOutput) -> torch.Tensor:
+        return self.downs[k](out.hidden[self.sources[k]])  # [B, N, d]
+
     def forward(self, out: BackboneOutput) -> BackboneOutput:
-        h, mask = out.hidden, out.mask
-        x = self.downs[0](h[0])  # [B, N, d]
-        gates = torch.sigmoid(self.gates / self.temperature)  # [kept layers]
-        for k, i in enumerate(self.layers):
-            x = gates[k] * x + (1 - gates[k]) * self.downs[k + 1](h[i])
-            x = self.run_layer(self.side_layers[k], x, mask)
-        return BackboneOutput(out.hidden, self.up(x), mask)  # last: [B, N, E]
+        x = self.ladder_input(0, out)
+        gates = torch.sigmoid(self.gates / self.temperature)
+        for k, layer in enumerate(self.side_layers):
+            x = gates[k] * x + (1 - gates[k]) * self.ladder_input(k + 1, out)
+            x = self.run_layer(layer, x, out.mask)
+        return replace(out, last=self.up(x))  # last: [B, N, E]
+
+
+class PooledStage(nn.Module):
+    """AvgPool(r_k) onto the last grid, then Conv1x1(C_k -> d), as tokens [B, h*w, d]; r_k from the actual sizes."""
+
+    def __init__(self, channels: int, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, width, 1)
+
+    def forward(self, stage: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        rate = pooling_rate(stage, last)
+        return tokens(self.conv(F.avg_pool2d(stage, rate) if rate > 1 else stage))
+
+
+class CNNLadder(Ladder):
+    def ladder_input(self, k: int, out: BackboneOutput) -> torch.Tensor:
+        return self.downs[k](out.hidden[k], out.hidden[-1])
+
+
+def transformer_side_layer(width: int, heads: int, ffn: int) -> nn.Module:
+    """A BERT layer at width d (for CNN side networks, whose backbone has no transformer layer type)."""
+    config = BertConfig(hidden_size=width, num_attention_heads=heads, intermediate_size=ffn)
+    config._attn_implementation = "sdpa"
+    return BertLayer(config)
 
 
 @register_method("lst")
 @dataclass
 class LST(Method):
+    kinds = frozenset({"transformer", "cnn"})
     side = True
-    reduction: int = 4  # side width d = D / 4 (the paper's comparisons)
+    reduction: int = 4  # transformer side width d = D / 4 (the paper's comparisons)
     temperature: float = 0.1  # gate temperature T
     layers: list[int] = field(default_factory=list)  # backbone layers given a side layer; empty = all
+    cnn_width: int = 192  # CNN side width d: 192 (= 768 / 4) gives the paper's 2.27M on ResNeXt-101
+    cnn_heads: int = 12
 
     def build(self, backbone: Backbone, out_dim: int) -> nn.Module:
+        if backbone.kind == "cnn":
+            return SideTuned(backbone, self.cnn_ladder(backbone, out_dim))
         depth = len(backbone.hidden_sizes) - 1
         layers = sorted(self.layers) or list(range(1, depth + 1))
         if layers[0] < 1 or layers[-1] > depth or len(set(layers)) != len(layers):
             raise UserError(f"lst: layers must be distinct indices in 1..{depth}, got {self.layers}")
-        return SideTuned(backbone, LadderSide(backbone, out_dim, self.reduction, self.temperature, layers))
+        width = backbone.width // self.reduction
+        sources = [0, *layers]
+        downs = nn.ModuleList(nn.Linear(backbone.hidden_sizes[i], width) for i in sources)
+        side_layers = nn.ModuleList(backbone.side_layer(self.reduction) for _ in layers)
+        ladder = Ladder(downs, side_layers, backbone.run_side_layer, width, out_dim, self.temperature, sources)
+        return SideTuned(backbone, ladder)
+
+    def cnn_ladder(self, backbone: Backbone, out_dim: int) -> Ladder:
+        width = self.cnn_width
+        downs = nn.ModuleList(PooledStage(c, width) for c in backbone.hidden_sizes)
+        side_layers = nn.ModuleList(
+            transformer_side_layer(width, self.cnn_heads, 4 * width) for _ in backbone.hidden_sizes[1:]
+        )
+        sources = list(range(len(backbone.hidden_sizes)))
+        return CNNLadder(downs, side_layers, HFEncoder.run_side_layer, width, out_dim, self.temperature, sources)

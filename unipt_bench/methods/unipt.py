@@ -2,24 +2,27 @@
 
 A light parallel network over the frozen backbone's hidden states (backbone under no_grad): each
 earlier layer interacts with the last layer's tokens independently (parallel interaction), and a
-shared scorer weighs the layers per sample (confidence aggregation). Only it trains. SPEC_METHODS 1.1.
+shared scorer weighs the layers per sample (confidence aggregation). Only it trains; gradients never
+enter the backbone. One method, one form per architecture kind (SPEC_METHODS 1.1-1.4).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from ..backbones.base import Backbone, BackboneOutput
 from ..errors import UserError
-from ..ops import l1norm, masked_mean
+from ..ops import pooled_index
 from .base import Method, SideTuned, register_method
+from .interaction import parallel_interaction
+from .unipt_cnn import ParallelCNN
 
 
 class ParallelTransformer(nn.Module):
-    """UniPT for token models: Down_k per hidden state, parallel interaction, confidence aggregation."""
+    """UniPT for token models (SPEC 1.1): Down_k per hidden state, parallel interaction, confidence aggregation."""
 
     def __init__(self, hidden_sizes: tuple[int, ...], width: int, out_dim: int) -> None:
         super().__init__()
@@ -29,32 +32,57 @@ class ParallelTransformer(nn.Module):
         self.gate = nn.Linear(width, 1)  # one confidence scorer shared by all layers
 
     def forward(self, out: BackboneOutput) -> BackboneOutput:
-        h, mask = out.hidden, out.mask
-        anchor = self.downs[-1](h[-1])  # A: [B, N, m]
-        a = masked_mean(anchor, mask)  # [B, m]
-        eye = torch.eye(anchor.shape[1], dtype=anchor.dtype, device=anchor.device)  # [N, N]
-        layers, logits = [], []
-        for down, state in zip(self.downs[:-1], h[:-1], strict=True):
-            t_tokens = down(state)  # T_i: [B, N, m]
-            scores = anchor @ t_tokens.transpose(1, 2)  # S_i: [B, N, N]
-            if mask is not None:
-                scores = scores * mask[:, None, :].to(scores.dtype)  # zero the padded keys
-            weights = l1norm(torch.relu(scores), dim=-1) + eye  # M_i
-            layers.append(weights @ t_tokens)  # R_i: [B, N, m]
-            logits.append(self.gate(a * masked_mean(t_tokens, mask)))  # c_i: [B, 1]
-        alpha = torch.softmax(torch.cat(logits, dim=1), dim=1)  # [B, L]
-        fused = torch.einsum("bl,lbnm->bnm", alpha, torch.stack(layers))  # R: [B, N, m]
-        return BackboneOutput(out.hidden, self.up(anchor + self.proj(fused)), mask)  # last: [B, N, E]
+        *early, last = out.hidden
+        anchor = self.downs[-1](last)  # A: [B, N, m]
+        targets = [down(state) for down, state in zip(self.downs, early, strict=False)]  # T_i: [B, N, m]
+        fused = parallel_interaction(anchor, targets, out.mask, self.gate)  # R: [B, N, m]
+        return replace(out, last=self.up(anchor + self.proj(fused)))  # last: [B, N, E]
+
+
+class ParallelPooled(nn.Module):
+    """UniPT with a single-vector anchor (SPEC 1.5, CLIP4Clip style): the frozen final CLS/EOT embedding
+    queries every hidden state; no identity term, the target's own CLS/EOT token is added instead.
+    Output: one token per row, the frozen embedding + Up(R), at the backbone's width D."""
+
+    def __init__(self, hidden_sizes: tuple[int, ...], width: int, token: str) -> None:
+        super().__init__()
+        self.token = token  # "cls" (first token) or "eot" (last valid token)
+        self.anchor = nn.Sequential(nn.Linear(hidden_sizes[-1], width), nn.LayerNorm(width))
+        self.downs = nn.ModuleList(nn.Sequential(nn.Linear(d, width), nn.LayerNorm(width)) for d in hidden_sizes)
+        self.up = nn.Sequential(nn.ReLU(), nn.Linear(width, hidden_sizes[-1]))
+        self.gate = nn.Linear(width, 1)
+
+    def forward(self, out: BackboneOutput) -> BackboneOutput:
+        rows = torch.arange(out.last.shape[0], device=out.last.device)
+        index = pooled_index(out.mask, self.token, rows.shape[0], rows.device)  # [B]
+        frozen = out.hidden[-1][rows, index][:, None, :]  # the frozen embedding token: [B, 1, D]
+        targets = [down(state) for down, state in zip(self.downs, out.hidden, strict=True)]  # [B, N, m] each
+        fused = parallel_interaction(self.anchor(frozen), targets, out.mask, self.gate, identity=False,
+                                     keep_token=index)  # [B, 1, m]
+        return replace(out, last=frozen + self.up(fused), mask=None)  # [B, 1, D]
 
 
 @register_method("unipt")
 @dataclass
 class UniPT(Method):
+    kinds = frozenset({"transformer", "cnn"})
     side = True
     reduction: int = 2  # m = E / r (reference: E = 1024, m = 512)
+    anchor: str = "tokens"  # "tokens": every last-layer token (1.1); "cls" or "eot": one frozen token (1.5)
+
+    def __post_init__(self) -> None:
+        if self.anchor not in ("tokens", "cls", "eot"):
+            raise UserError(f"unipt: anchor must be 'tokens', 'cls' or 'eot', got {self.anchor!r}")
 
     def build(self, backbone: Backbone, out_dim: int) -> nn.Module:
         if out_dim % self.reduction:
             raise UserError(f"unipt: reduction {self.reduction} does not divide the output width {out_dim}")
-        side = ParallelTransformer(backbone.hidden_sizes, out_dim // self.reduction, out_dim)
-        return SideTuned(backbone, side)
+        width = out_dim // self.reduction
+        if backbone.kind == "cnn":
+            return SideTuned(backbone, ParallelCNN(backbone.hidden_sizes, width, out_dim))
+        if self.anchor != "tokens":
+            return SideTuned(backbone, ParallelPooled(backbone.hidden_sizes, width, self.anchor))
+        return SideTuned(backbone, ParallelTransformer(backbone.hidden_sizes, width, out_dim))
+
+    def output_width(self, backbone: Backbone, out_dim: int) -> int:
+        return backbone.width if self.anchor != "tokens" and backbone.kind != "cnn" else out_dim

@@ -36,6 +36,7 @@ class Tower:
     backbone: Backbone
     tuned: bool
     width: int  # width of BackboneOutput.last after the method
+    pooling: str | None = None  # the tower's own pooling, when it differs from the task's
 
 
 class TaskModel(nn.Module):

@@ -1,4 +1,5 @@
-"""Token pooling for embedding heads: GPO (Chen et al., VSE-infinity, CVPR 2021, arXiv 2011.11486) and mean."""
+"""Token pooling for embedding heads: GPO (Chen et al., VSE-infinity, CVPR 2021, arXiv 2011.11486), mean,
+and single-token picks: the first token (CLS) or the last valid one (CLIP's EOT)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from ..ops import masked_mean
+from ..ops import masked_mean, pooled_index
 
 
 def sinusoid_positions(length: int, dim: int, device: torch.device) -> torch.Tensor:
@@ -58,5 +59,22 @@ class MeanPool(nn.Module):
         return masked_mean(x, mask)
 
 
+class TokenPick(nn.Module):
+    """One token per row: the first ("cls") or the last valid ("eot")."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:  # [B, N, E] -> [B, E]
+        index = pooled_index(mask, self.kind, x.shape[0], x.device)
+        return x[torch.arange(x.shape[0], device=x.device), index]
+
+
+POOLINGS = ("gpo", "mean", "cls", "eot")
+
+
 def make_pooling(name: str) -> nn.Module:
+    if name in ("cls", "eot"):
+        return TokenPick(name)
     return {"gpo": GPO, "mean": MeanPool}[name]()

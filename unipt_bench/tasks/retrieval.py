@@ -1,8 +1,9 @@
-"""Image-text retrieval with the VSE-infinity head (Chen et al., CVPR 2021, arXiv 2011.11486).
+"""Cross-modal retrieval heads and losses: VSE-infinity for images (Chen et al., CVPR 2021, arXiv 2011.11486)
+and CLIP4Clip's mean-pooled frames for video (Luo et al. 2022, arXiv 2104.08860).
 
-Each tower's tokens -> projection to E (only when the width differs; plus VSE-infinity's two-layer MLP
-branch on a CNN) -> pooling (GPO or mean) -> L2-normalised embedding [B, E]. Loss: hinge triplet with
-margin 0.2 and hardest negatives in the batch (VSE++).
+Each tower's tokens -> pooling -> projection to E (only when the width differs; plus VSE-infinity's
+two-layer MLP branch on a CNN) -> mean over a video's frames -> L2-normalised embedding [B, E].
+Loss: hinge triplet with hardest negatives (VSE++), or symmetric InfoNCE (CLIP4Clip).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..backbones.base import BackboneOutput
 from ..errors import UserError
 from ..ops import l2norm
 from .base import Recipe, Task, TaskModel, Tower, register_task
-from .pooling import make_pooling
+from .pooling import POOLINGS, make_pooling
 
 
 class TwoLayerMLP(nn.Module):
@@ -35,19 +37,30 @@ class TwoLayerMLP(nn.Module):
 
 
 class EmbeddingHead(nn.Module):
-    """Tokens of one tower -> one L2-normalised embedding per sample."""
+    """Tokens of one tower -> one L2-normalised embedding per sample.
+
+    Set pooling (GPO, mean) runs on projected tokens, as VSE-infinity does; a single-token pick (CLS,
+    EOT) is projected after picking, as CLIP does.
+    """
 
     def __init__(self, width: int, embed_dim: int, pooling: str, mlp: bool) -> None:
         super().__init__()
         self.proj = nn.Linear(width, embed_dim) if width != embed_dim or mlp else nn.Identity()
         self.mlp = TwoLayerMLP(width, embed_dim // 2, embed_dim) if mlp else None
         self.pool = make_pooling(pooling)
+        self.pick_first = pooling in ("cls", "eot")
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x) if self.mlp is None else self.proj(x) + self.mlp(x)
 
     def forward(self, out: BackboneOutput) -> torch.Tensor:
-        x = self.proj(out.last)  # [B, N, E]
-        if self.mlp is not None:
-            x = x + self.mlp(out.last)
-        return l2norm(self.pool(x, out.mask))  # [B, E]
+        if self.pick_first:
+            pooled = self.project(self.pool(out.last, out.mask)[:, None, :])[:, 0]  # [B*F, E]
+        else:
+            pooled = self.pool(self.project(out.last), out.mask)  # [B*F, E]
+        if out.frames > 1:
+            pooled = pooled.view(-1, out.frames, pooled.shape[-1]).mean(dim=1)  # mean over frames: [B, E]
+        return l2norm(pooled)
 
 
 def hinge_triplet_loss(a: torch.Tensor, b: torch.Tensor, margin: float, hardest: bool) -> torch.Tensor:
@@ -66,42 +79,55 @@ def hinge_triplet_loss(a: torch.Tensor, b: torch.Tensor, margin: float, hardest:
     return cost_b.sum() + cost_a.sum()
 
 
+def infonce_loss(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric cross-entropy over the similarity matrix (CLIP4Clip), matches on the diagonal."""
+    logits = a @ b.t() / temperature  # [B, B]
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
 class RetrievalModel(TaskModel):
     def __init__(self, towers: dict[str, Tower], task: Retrieval) -> None:
         super().__init__()
         self.towers = nn.ModuleDict({name: t.module for name, t in towers.items()})
         self.heads = nn.ModuleDict(
             {
-                name: EmbeddingHead(t.width, task.embed_dim, task.pooling, mlp=t.backbone.kind == "cnn")
+                name: EmbeddingHead(t.width, task.embed_dim, t.pooling or task.pooling, mlp=t.backbone.kind == "cnn")
                 for name, t in towers.items()
             }
         )
         self.tuned = tuple(name for name, t in towers.items() if t.tuned)
-        self.margin, self.hardest = task.margin, task.hardest_negatives
+        self.task = task
 
     def embed(self, batch: dict[str, dict[str, torch.Tensor]]) -> list[torch.Tensor]:
         return [self.heads[name](self.towers[name](batch[name])) for name in self.towers]
 
     def forward(self, batch: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
         a, b = self.embed(batch)
-        return hinge_triplet_loss(a, b, self.margin, self.hardest)
+        if self.task.loss == "infonce":
+            return infonce_loss(a, b, self.task.temperature)
+        return hinge_triplet_loss(a, b, self.task.margin, self.task.hardest_negatives)
 
 
 @register_task("retrieval")
 @dataclass
 class Retrieval(Task):
-    """Two towers (image or video, text) embedded into one space of width E."""
+    """Image-text retrieval: two towers embedded into one space of width E (VSE-infinity recipe)."""
 
     recipe = Recipe(lr=5e-4, weight_decay=1e-4, grad_clip=2.0)  # VSE-infinity: AdamW, clip 2.0
     tower_count = 2
     embed_dim: int = 1024
-    pooling: str = "gpo"
+    pooling: str = "gpo"  # default for towers that do not set their own
+    loss: str = "hinge"  # "hinge" (VSE++ triplet) or "infonce"
     margin: float = 0.2
     hardest_negatives: bool = True  # max-violation (the reference switches it on after epoch 1)
+    temperature: float = 0.01  # InfoNCE: CLIP's logit scale of 100
 
     def __post_init__(self) -> None:
-        if self.pooling not in ("gpo", "mean"):
-            raise UserError(f"retrieval: pooling must be 'gpo' or 'mean', got {self.pooling!r}")
+        if self.pooling not in POOLINGS:
+            raise UserError(f"{self.name}: pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.loss not in ("hinge", "infonce"):
+            raise UserError(f"{self.name}: loss must be 'hinge' or 'infonce', got {self.loss!r}")
 
     @property
     def out_dim(self) -> int:
@@ -109,3 +135,14 @@ class Retrieval(Task):
 
     def build(self, towers: dict[str, Tower]) -> RetrievalModel:
         return RetrievalModel(towers, self)
+
+
+@register_task("video-retrieval")
+@dataclass
+class VideoRetrieval(Retrieval):
+    """Video-text retrieval, CLIP4Clip meanP: per-frame CLS embeddings averaged over frames, InfoNCE."""
+
+    recipe = Recipe(lr=1e-4, weight_decay=0.2, grad_clip=1.0, betas=(0.9, 0.98))  # CLIP4Clip: Adam b2 0.98
+    embed_dim: int = 512
+    pooling: str = "cls"
+    loss: str = "infonce"

@@ -1,0 +1,32 @@
+"""Test helpers shared by several test files."""
+
+from __future__ import annotations
+
+import torch
+
+
+def trainable(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def saved_activation_count(tower: torch.nn.Module, backbone: torch.nn.Module, inputs: dict) -> tuple[int, int]:
+    """(tensors the backbone saves for backward, tensors saved in total) during one forward of `tower`.
+
+    Also runs a backward pass, so gradients can be inspected afterwards.
+    """
+    counts = {"backbone": 0, "all": 0}
+    inside = {"flag": False}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        counts["all"] += 1
+        counts["backbone"] += inside["flag"]
+        return t
+
+    pre = backbone.register_forward_pre_hook(lambda *_: inside.__setitem__("flag", True))
+    post = backbone.register_forward_hook(lambda *_: inside.__setitem__("flag", False))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = tower(inputs)
+    pre.remove()
+    post.remove()
+    out.last.float().pow(2).mean().backward()
+    return counts["backbone"], counts["all"]
