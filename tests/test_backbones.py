@@ -16,7 +16,7 @@ TINY = [n for n in BACKBONES.names() if BACKBONES.get(n).tiny]
 def test_every_variant_builds_on_meta_without_weights(name: str) -> None:
     with torch.device("meta"):
         bb = create_backbone(name)
-    assert bb.kind in {"transformer", "cnn", "features", "rnn"}
+    assert bb.kind in {"transformer", "joint", "encdec", "cnn", "features", "rnn"}
     assert bb.width == bb.hidden_sizes[-1]
     assert bb.shape_defaults
 
@@ -28,9 +28,10 @@ def test_tiny_variant_forward_gives_every_hidden_state(name: str) -> None:
     inputs = bb.dummy_inputs(3, **bb.shape_defaults)
     full = bb(inputs, all_hidden=True)
     assert len(full.hidden) == len(bb.hidden_sizes)
+    rows = 3 * full.frames  # a video tower runs its frames as rows
     for state, width in zip(full.hidden, bb.hidden_sizes, strict=True):
-        assert state.shape[0] == 3 and width in state.shape
-    assert full.last.ndim == 3 and full.last.shape[0] == 3 and full.last.shape[-1] == bb.width
+        assert state.shape[0] == rows and width in state.shape
+    assert full.last.ndim == 3 and full.last.shape[0] == rows and full.last.shape[-1] == bb.width
     if full.mask is not None:
         assert full.mask.shape == full.last.shape[:2]
     only_last = bb(inputs)

@@ -59,4 +59,8 @@ def parameter_counts(built: Built) -> dict[str, int]:
 def example_batch(built: Built, spec: RunSpec) -> dict[str, dict[str, torch.Tensor]]:
     """One batch shaped like the task's (random values), created on the current device / fake mode."""
     shapes = {t.name: t.shape for t in spec.towers}
-    return {name: t.backbone.dummy_inputs(spec.batch, **shapes[name]) for name, t in built.towers.items()}
+    batch = {name: t.backbone.dummy_inputs(spec.batch, **shapes[name]) for name, t in built.towers.items()}
+    targets = built.task.example_targets(spec.batch)
+    if targets:
+        batch["targets"] = targets
+    return batch

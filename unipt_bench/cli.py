@@ -189,7 +189,8 @@ def results(suite: str, out: str, fmt: str) -> None:
     elif fmt == "csv":
         import pandas as pd
 
-        click.echo(pd.DataFrame(rows).to_csv(index=False), nl=False)
+        # nullable dtypes keep counts integral where some rows (not applicable, errors) have none
+        click.echo(pd.DataFrame(rows).convert_dtypes().to_csv(index=False), nl=False)
     else:
         print_table(rows)
 

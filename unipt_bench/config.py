@@ -16,12 +16,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .attention import KERNELS
 from .errors import UserError
 
 MODES = ("estimate", "cpu", "cuda")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-SUITE_KEYS = {"name", "description", "task", "task_options", "steps", "seed", "configs"}
-CONFIG_KEYS = {"name", "title", "paper", "task", "task_options", "batch", "gpus", "steps", "towers", "methods"}
+SUITE_KEYS = {"name", "description", "task", "task_options", "steps", "seed", "attention", "configs"}
+CONFIG_KEYS = {
+    "name", "title", "paper", "task", "task_options", "batch", "gpus", "accumulate", "steps", "attention", "towers",
+    "methods",
+}
 TOWER_KEYS = {"name", "backbone", "tuned", "weights", "pooling"}
 RUN_KEYS = {"method", "label", "gpus"}  # the rest of a method table are the method's options
 
@@ -53,6 +57,8 @@ class RunSpec:
     steps: int
     seed: int
     mode: str
+    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
+    attention: str = "sdpa"  # attention kernel traced: "sdpa" (fused) or "eager" (see attention.py)
     title: str = ""
     paper: str | None = None  # the paper table this configuration mirrors, e.g. "table5-bert"
     order: int = 0  # position in the suite (display only; not part of the digest)
@@ -118,19 +124,34 @@ class SuiteReader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.text = path.read_text(encoding="utf-8")
+        try:
+            self.text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read suite file {path}: {exc}") from None
+        self.region: str | None = None  # the config being read: line search starts at its name
 
-    def fail(self, message: str, near: str | None = None) -> UserError:
-        line = self.line_of(near) if near else None
+    def fail(self, message: str, near: object = None) -> UserError:
+        line = self.line_of(str(near)) if near is not None else None
         where = f"{self.path}:{line}" if line else str(self.path)
         return UserError(f"{where}: {message}")
 
     def line_of(self, token: str) -> int | None:
+        """First line holding `token` (outside comments), searching from the current config's name line."""
+        lines = [text.split("#", 1)[0] for text in self.text.splitlines()]
+        start = 0
+        if self.region is not None:
+            header = re.compile(r"^\s*name\s*=\s*[\"']" + re.escape(self.region) + r"[\"']")
+            start = next((i for i, text in enumerate(lines) if header.search(text)), 0)
         pattern = re.compile(r"(?<![A-Za-z0-9_-])" + re.escape(token) + r"(?![A-Za-z0-9_-])")
-        for number, text in enumerate(self.text.splitlines(), start=1):
-            if pattern.search(text.split("#", 1)[0]):
-                return number
+        for number in range(start, len(lines)):
+            if pattern.search(lines[number]):
+                return number + 1
         return None
+
+    def table(self, value: object, what: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(f"{what} must be a table, got {value!r}")
+        return value
 
     def check_keys(self, table: dict[str, Any], allowed: set[str], what: str) -> None:
         for key in table:
@@ -162,17 +183,26 @@ class SuiteReader:
             raise UserError(f"{self.path}: malformed TOML: {exc}") from None
         self.check_keys(data, SUITE_KEYS, "the suite")
         name = self.name(data, "name", "the suite")
+        self.typed(data, "steps", int, "the suite", 2)
+        self.typed(data, "task", str, "the suite", "retrieval")
+        self.typed(data, "attention", str, "the suite", "sdpa")
+        self.table(data.get("task_options", {}), "the suite's task_options")
+        seed = data.get("seed", 0)
+        if type(seed) is not int or seed < 0:
+            raise self.fail(f"the suite: seed must be a non-negative integer, got {seed!r}", "seed")
         configs = data.get("configs")
         if not isinstance(configs, list) or not configs:
             raise self.fail("the suite needs at least one [[configs]] table")
         specs: list[RunSpec] = []
         seen: set[str] = set()
         for config in configs:
+            self.region = config.get("name") if isinstance(config, dict) and isinstance(config.get("name"), str) else None
             for spec in self.read_config(name, data, config):
                 if spec.key in seen:
                     raise self.fail(f"run {spec.config}/{spec.label} appears twice", spec.label)
                 seen.add(spec.key)
                 specs.append(RunSpec.from_dict({**spec.to_dict(), "order": len(specs)}))
+        self.region = None
         return Suite(name, str(data.get("description", "")), str(self.path), specs)
 
     def read_config(self, suite: str, defaults: dict[str, Any], config: dict[str, Any]) -> list[RunSpec]:
@@ -188,15 +218,24 @@ class SuiteReader:
         task_name = self.typed(config, "task", str, what, defaults.get("task", "retrieval"))
         if task_name not in TASKS:
             raise self.fail(f"{what}: unknown task {task_name!r} (known: {', '.join(TASKS.names())})", task_name)
-        task_options = {**defaults.get("task_options", {}), **config.get("task_options", {})}
+        inherited = defaults.get("task_options", {}) if task_name == defaults.get("task", "retrieval") else {}
+        task_options = {**inherited, **self.table(config.get("task_options", {}), f"{what}: task_options")}
         try:
             task = TASKS.get(task_name).from_options(task_options)
         except UserError as exc:
             raise self.fail(f"{what}: {exc}") from None
         batch = self.typed(config, "batch", int, what)
         steps = self.typed(config, "steps", int, what, defaults.get("steps", 2))
+        accumulate = self.typed(config, "accumulate", int, what, 1)
+        attention = self.typed(config, "attention", str, what, defaults.get("attention", "sdpa"))
+        if attention not in KERNELS:
+            raise self.fail(f"{what}: attention must be one of {', '.join(KERNELS)}, got {attention!r}", attention)
         seed = defaults.get("seed", 0)
-        towers = [self.read_tower(t, what, BACKBONES, create_backbone) for t in config.get("towers", [])]
+        gpus_default = self.typed(config, "gpus", int, what, 1)
+        towers = config.get("towers", [])
+        if not isinstance(towers, list):
+            raise self.fail(f"{what}: towers must be a list of tables", "towers")
+        towers = [self.read_tower(t, what, BACKBONES, create_backbone) for t in towers]
         if task.tower_count is not None and len(towers) != task.tower_count:
             raise self.fail(f"{what}: task {task_name!r} needs {task.tower_count} towers, found {len(towers)}", cname)
         if len({t.name for t in towers}) != len(towers):
@@ -210,7 +249,7 @@ class SuiteReader:
             if not isinstance(run, dict) or "method" not in run:
                 raise self.fail(f"{what}: a methods entry must be a name or a table with 'method'", cname)
             method = run["method"]
-            if method not in METHODS:
+            if not isinstance(method, str) or method not in METHODS:
                 raise self.fail(f"{what}: unknown method {method!r} (known: {', '.join(METHODS.names())})", method)
             options = {k: v for k, v in run.items() if k not in RUN_KEYS}
             try:
@@ -220,14 +259,15 @@ class SuiteReader:
             label = run.get("label", method)
             if not isinstance(label, str) or not NAME_RE.match(label):
                 raise self.fail(f"{what}: label {label!r} may hold only letters, digits and _ . + -", str(label))
-            gpus = self.typed(run, "gpus", int, f"{what}, method {label!r}", config.get("gpus", 1))
+            gpus = self.typed(run, "gpus", int, f"{what}, method {label!r}", gpus_default)
             if batch % gpus:
                 raise self.fail(f"{what}: batch {batch} does not split evenly over {gpus} GPUs", label)
             specs.append(
                 RunSpec(
                     suite=suite, config=cname, label=label, method=method, method_options=options,
                     task=task_name, task_options=task_options, towers=towers, batch=batch // gpus, gpus=gpus,
-                    steps=steps, seed=seed, mode="", title=str(config.get("title", "")), paper=config.get("paper"),
+                    steps=steps, seed=seed, mode="", accumulate=accumulate, attention=attention, title=str(config.get("title", "")),
+                    paper=config.get("paper"),
                 )
             )
         return specs
@@ -240,6 +280,8 @@ class SuiteReader:
         if not isinstance(tower, dict):
             raise self.fail(f"{what}: every tower must be a table")
         tname = self.name(tower, "name", f"{what}, a tower")
+        if tname == "targets":
+            raise self.fail(f"{what}: 'targets' is reserved for the task's training targets", tname)
         backbone = self.typed(tower, "backbone", str, f"{what}, tower {tname!r}")
         if backbone not in backbones:
             raise self.fail(

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from .attention import configure_attention
 from .build import Built, build, example_batch, parameter_counts
 from .config import RunSpec
 from .errors import UserError
@@ -26,6 +27,7 @@ from .memory.cuda import CudaTracker
 from .memory.estimate import TensorMemoryTracker
 
 TIMED_STEPS = 3  # untracked steps timed after the tracked ones (cpu and cuda modes)
+MAX_MICRO_BATCHES = 2  # accumulation's steady-state peak already shows with two micro-batches
 
 
 class NullTracker:
@@ -43,12 +45,19 @@ def train_step(
     params: list[nn.Parameter],
     grad_clip: float | None,
     tracker: Any,
+    micro_batches: int = 1,
 ) -> None:
-    """forward -> backward -> (clip) optimizer step -> zero_grad(set_to_none); phases marked for the trackers."""
-    tracker.mark("forward")
-    loss = model(batch)
-    tracker.mark("backward")
-    loss.backward()
+    """(forward -> backward) x micro_batches -> (clip) optimizer step -> zero_grad(set_to_none).
+
+    Phases are marked for the trackers. With gradient accumulation the gradients of the first
+    micro-batch stay alive through the next forward, which is where accumulation's peak lies.
+    """
+    for _ in range(micro_batches):
+        tracker.mark("forward")
+        loss = model(batch)
+        tracker.mark("backward")
+        loss.backward()
+        del loss
     tracker.mark("optimizer")
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
@@ -85,11 +94,12 @@ def protocol(spec: RunSpec, built: Built) -> dict[str, Any]:
         "weight_decay": recipe.weight_decay,
         "grad_clip": recipe.grad_clip,
         "zero_grad": "set_to_none",
-        "attention": "sdpa",
         "batch_per_device": spec.batch,
         "gpus": spec.gpus,
         "shapes": {t.name: {**t.shape} for t in spec.towers},
         "tracked_steps": spec.steps,
+        "accumulate": spec.accumulate,
+        "micro_batches_profiled": min(spec.accumulate, MAX_MICRO_BATCHES),
         "timed_steps": 0 if spec.mode == "estimate" else TIMED_STEPS,
         "seed": spec.seed,
         "torch_threads": torch.get_num_threads(),
@@ -126,13 +136,15 @@ def profile(spec: RunSpec) -> dict[str, Any]:
                 stack.enter_context(torch.device("cuda"))
         built_seconds = time.perf_counter() - started
         built.model.train()
+        attention = configure_attention(built.model, spec.attention, traced_on_cpu=spec.mode != "cuda")
         batch = example_batch(built, spec)
         optimizer, params = make_optimizer(built)
         trackers = make_trackers(spec, built, optimizer, batch)
         traced = time.perf_counter()
+        micro = min(spec.accumulate, MAX_MICRO_BATCHES)
         with trackers:
             for _ in range(spec.steps):
-                train_step(built.model, batch, optimizer, params, built.task.recipe.grad_clip, trackers)
+                train_step(built.model, batch, optimizer, params, built.task.recipe.grad_clip, trackers, micro)
         timing: dict[str, Any] = {"build_seconds": built_seconds, "tracked_seconds": time.perf_counter() - traced}
         if spec.mode != "estimate":
             sync = torch.cuda.synchronize if spec.mode == "cuda" else (lambda: None)
@@ -144,7 +156,7 @@ def profile(spec: RunSpec) -> dict[str, Any]:
         "params": parameter_counts(built),
         "memory": trackers.results(),
         "timing": timing,
-        "protocol": protocol(spec, built),
+        "protocol": {**protocol(spec, built), **attention},
     }
 
 

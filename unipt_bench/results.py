@@ -50,10 +50,18 @@ class RunResult:
 
     @classmethod
     def from_json(cls, text: str) -> RunResult:
-        data = json.loads(text)
-        if data.get("schema") != SCHEMA_VERSION:
-            raise ValueError(f"result schema {data.get('schema')} is not {SCHEMA_VERSION}")
-        return cls(**data)
+        """Parse and check a stored result; any malformation raises ValueError."""
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            if data.get("schema") != SCHEMA_VERSION:
+                raise ValueError(f"result schema {data.get('schema')} is not {SCHEMA_VERSION}")
+            result = cls(**data)
+            result.run_spec  # noqa: B018  (the spec must parse too)
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"malformed result: {exc!r}") from None
+        return result
 
     def primary_memory(self) -> dict[str, Any] | None:
         """The counter that gives this mode's peak_bytes (MemTracker for estimate/cpu, the allocator for cuda)."""
@@ -97,7 +105,7 @@ def now() -> str:
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder and rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".partial")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -128,9 +136,11 @@ class ResultStore:
         folder = self.root / suite
         found = []
         for path in sorted(folder.glob("*/*.json")):
+            if path.name.startswith("."):  # a temporary file of an interrupted write
+                continue
             try:
                 found.append((path, RunResult.from_json(path.read_text(encoding="utf-8"))))
-            except (ValueError, TypeError, KeyError) as exc:
+            except (ValueError, OSError, UnicodeDecodeError) as exc:
                 raise UserError(f"unreadable result file {path}: {exc}") from None
         return found
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import bert, clip, features, gru, resnext, vit  # noqa: F401  (registration)
+from . import bert, clip, encdec, features, gru, joint, resnext, vit  # noqa: F401  (registration)
 from .base import BACKBONES, Backbone, BackboneOutput, register_backbone
 
 __all__ = ["BACKBONES", "Backbone", "BackboneOutput", "create_backbone", "register_backbone"]

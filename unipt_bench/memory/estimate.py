@@ -113,6 +113,8 @@ class TensorMemoryTracker:
         self.tracker.__exit__(*exc)
 
     def mark(self, phase: str) -> None:
+        if phase == "forward":  # each forward (step or micro-batch) is a new MemTracker iteration
+            self.tracker.reset_mod_stats()
         self.tracker.phase = phase
         self.tracker.note_peak()
 
@@ -120,7 +122,6 @@ class TensorMemoryTracker:
         self.tracker.step_peaks.append(self.tracker.step_peak)
         self.tracker.step_peak = 0
         self.tracker.phase = None
-        self.tracker.reset_mod_stats()
 
     def result(self) -> dict[str, Any]:
         peak = {}

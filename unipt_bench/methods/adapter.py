@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..backbones.base import Backbone
-from .base import Method, freeze, register_method
+from .base import TOKEN_KINDS, Method, freeze, register_method
 
 
 class Bottleneck(nn.Module):
@@ -46,7 +46,7 @@ class Adapted(nn.Module):
 @register_method("adapter")
 @dataclass
 class Adapter(Method):
-    kinds = frozenset({"transformer", "cnn"})
+    kinds = TOKEN_KINDS | {"cnn"}
     reduction: int = 16  # transformer bottleneck = D / 16 (Houlsby)
     cnn_reduction: int = 8  # CNN bottleneck = C / 8 (with the 2048 -> 1024 head: the paper's 3.5M)
 

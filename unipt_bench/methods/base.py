@@ -14,6 +14,7 @@ from ..errors import NotApplicable
 from ..registry import Registry
 
 METHODS: Registry[type[Method]] = Registry("method")
+TOKEN_KINDS = frozenset({"transformer", "joint"})  # transformer encoders, mono-modal or joint cross-modal
 
 
 register_method = METHODS.named
@@ -28,7 +29,7 @@ class Method(Configurable):
     """
 
     kind_label = "method"
-    kinds: ClassVar[frozenset[str]] = frozenset({"transformer"})
+    kinds: ClassVar[frozenset[str]] = TOKEN_KINDS
     side: ClassVar[bool] = False
 
     def apply(self, backbone: Backbone, out_dim: int) -> nn.Module:

@@ -12,13 +12,13 @@ from torch import nn
 
 from ..backbones.base import Backbone
 from ..errors import NotApplicable
-from .base import Method, freeze, register_method
+from .base import TOKEN_KINDS, Method, freeze, register_method
 
 
 @register_method("bitfit")
 @dataclass
 class BitFit(Method):
-    kinds = frozenset({"transformer", "cnn", "rnn"})
+    kinds = TOKEN_KINDS | {"cnn", "rnn", "encdec"}
 
     def build(self, backbone: Backbone, out_dim: int) -> nn.Module:
         freeze(backbone)

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..backbones.base import Backbone
-from .base import Method, register_method
+from .base import TOKEN_KINDS, Method, register_method
 
 
 @register_method("full")
 @dataclass
 class Full(Method):
-    kinds = frozenset({"transformer", "cnn", "rnn"})
+    kinds = TOKEN_KINDS | {"cnn", "rnn", "encdec"}
 
     def build(self, backbone: Backbone, out_dim: int) -> nn.Module:
         for p in backbone.parameters():

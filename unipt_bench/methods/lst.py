@@ -4,7 +4,8 @@ A side network fed through gated ladder connections from the hidden states of th
 (run under no_grad): only the side network trains and gradients never enter the backbone.
 Transformer: side layers of the backbone's own type at width D / r, one per layer. CNN: each stage
 is average-pooled to the last grid and projected to width d by a 1x1 conv; three transformer side
-layers run over the grid's tokens (the conv1 stem is not used). SPEC_METHODS section 2.
+layers run over the grid's tokens (the conv1 stem is not used). Encoder-decoder: a side encoder and
+a side decoder, each laddered on its half of the backbone. SPEC_METHODS section 2.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertLayer
 
 from ..backbones.base import Backbone, BackboneOutput
+from ..backbones.encdec import MDETR, DecoderLayer, EncDecOutput, EncoderLayer
 from ..backbones.hf import HFEncoder
 from ..errors import UserError
-from .base import Method, SideTuned, register_method
+from .base import TOKEN_KINDS, Method, SideTuned, register_method
 from .unipt_cnn import pooling_rate, tokens
 
 
@@ -69,6 +71,40 @@ class CNNLadder(Ladder):
         return self.downs[k](out.hidden[k], out.hidden[-1])
 
 
+class EncDecLadder(nn.Module):
+    """LST for an encoder-decoder (as LST does for T5): a side encoder laddered on the encoder states, then a
+    side decoder laddered on the decoder states that cross-attends to the side encoder's output. Side
+    layers are the backbone's own DETR layers at width d; they see positions only through the ladders."""
+
+    def __init__(self, backbone: MDETR, width: int, heads: int, temperature: float, out_dim: int) -> None:
+        super().__init__()
+        depth = len(backbone.hidden_sizes) - 1
+        ffn = backbone.ffn * width // backbone.width
+        self.temperature = temperature
+        self.enc_downs = nn.ModuleList(nn.Linear(backbone.width, width) for _ in range(depth + 1))
+        self.dec_downs = nn.ModuleList(nn.Linear(backbone.width, width) for _ in range(depth + 1))
+        self.enc_gates = nn.Parameter(torch.zeros(depth))
+        self.dec_gates = nn.Parameter(torch.zeros(depth))
+        self.enc_layers = nn.ModuleList(EncoderLayer(width, heads, ffn) for _ in range(depth))
+        self.dec_layers = nn.ModuleList(DecoderLayer(width, heads, ffn) for _ in range(depth))
+        self.up = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, out_dim))
+
+    def forward(self, out: EncDecOutput) -> EncDecOutput:
+        enc, dec, mask = out.hidden, out.decoder_hidden, out.memory_mask
+        x = self.enc_downs[0](enc[0])  # [B, S, d]
+        no_pos = torch.zeros_like(x)
+        gates = torch.sigmoid(self.enc_gates / self.temperature)
+        for k, layer in enumerate(self.enc_layers):
+            x = layer(gates[k] * x + (1 - gates[k]) * self.enc_downs[k + 1](enc[k + 1]), no_pos, mask)
+        y = self.dec_downs[0](dec[0])  # [B, Q, d]
+        no_query_pos = torch.zeros_like(y)
+        gates = torch.sigmoid(self.dec_gates / self.temperature)
+        for k, layer in enumerate(self.dec_layers):
+            y = layer(gates[k] * y + (1 - gates[k]) * self.dec_downs[k + 1](dec[k + 1]), x, no_query_pos, no_pos, mask)
+        last = self.up(y)  # [B, Q, E]
+        return replace(out, last=last, predictions=(last,))
+
+
 def transformer_side_layer(width: int, heads: int, ffn: int) -> nn.Module:
     """A BERT layer at width d (for CNN side networks, whose backbone has no transformer layer type)."""
     config = BertConfig(hidden_size=width, num_attention_heads=heads, intermediate_size=ffn)
@@ -79,7 +115,7 @@ def transformer_side_layer(width: int, heads: int, ffn: int) -> nn.Module:
 @register_method("lst")
 @dataclass
 class LST(Method):
-    kinds = frozenset({"transformer", "cnn"})
+    kinds = TOKEN_KINDS | {"cnn", "encdec"}
     side = True
     reduction: int = 4  # transformer side width d = D / 4 (the paper's comparisons)
     temperature: float = 0.1  # gate temperature T
@@ -90,6 +126,9 @@ class LST(Method):
     def build(self, backbone: Backbone, out_dim: int) -> nn.Module:
         if backbone.kind == "cnn":
             return SideTuned(backbone, self.cnn_ladder(backbone, out_dim))
+        if backbone.kind == "encdec":
+            width = backbone.width // self.reduction
+            return SideTuned(backbone, EncDecLadder(backbone, width, backbone.heads, self.temperature, out_dim))
         depth = len(backbone.hidden_sizes) - 1
         layers = sorted(self.layers) or list(range(1, depth + 1))
         if layers[0] < 1 or layers[-1] > depth or len(set(layers)) != len(layers):

@@ -11,13 +11,13 @@ from torch import nn
 
 from ..backbones.base import Backbone
 from ..errors import UserError
-from .base import Method, freeze, register_method
+from .base import TOKEN_KINDS, Method, freeze, register_method
 
 
 @register_method("partial")
 @dataclass
 class Partial(Method):
-    kinds = frozenset({"transformer", "cnn", "rnn"})
+    kinds = TOKEN_KINDS | {"cnn", "rnn", "encdec"}
     unfreeze_last: int = 0  # also train this many final blocks (layers or CNN stages)
 
     def build(self, backbone: Backbone, out_dim: int) -> nn.Module:

@@ -8,18 +8,19 @@ dispatches attention through `AttentionInterface` (BERT, RoBERTa, ViT, CLIP) wor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+from transformers.models.bert.modeling_bert import eager_attention_forward
 
+from ..attention import PREFIX_EAGER, PREFIX_SDPA
 from ..backbones.base import Backbone, BackboneOutput
 from .base import Method, freeze, register_method
-
-ATTENTION_NAME = "unipt_bench_prefix"
 
 
 class PrefixSlot:
@@ -30,23 +31,29 @@ class PrefixSlot:
         self.layer = layer
 
 
-def prefix_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):  # noqa: ANN001, ANN201
-    """SDPA with this layer's prefixes prepended to keys and values ([B, H, P + N, hd])."""
-    slot = getattr(module, "prefix_slot", None)
-    if slot is not None:
-        pk, pv = slot.owner.layer_prefixes(slot.layer, query.shape[0])  # [B, H, P, hd] each
-        key = torch.cat([pk, key], dim=2)
-        value = torch.cat([pv, value], dim=2)
-        if attention_mask is not None:  # [B|1, 1, Nq, Nk]: every query may attend every prefix
-            b, _, nq, _ = attention_mask.shape
-            keep = torch.ones if attention_mask.dtype == torch.bool else torch.zeros
-            pad = keep(b, 1, nq, pk.shape[2], dtype=attention_mask.dtype, device=attention_mask.device)
-            attention_mask = torch.cat([pad, attention_mask], dim=-1)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+def with_prefixes(attention: Callable) -> Callable:
+    """An attention function that prepends this layer's prefixes to keys and values ([B, H, P + N, hd])."""
+
+    def prefix_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):  # noqa: ANN001, ANN202
+        slot = getattr(module, "prefix_slot", None)
+        if slot is not None:
+            pk, pv = slot.owner.layer_prefixes(slot.layer, query.shape[0])  # [B, H, P, hd] each
+            key = torch.cat([pk, key], dim=2)
+            value = torch.cat([pv, value], dim=2)
+            if attention_mask is not None:  # [B|1, 1, Nq, Nk]: every query may attend every prefix
+                b, _, nq, _ = attention_mask.shape
+                keep = torch.ones if attention_mask.dtype == torch.bool else torch.zeros
+                pad = keep(b, 1, nq, pk.shape[2], dtype=attention_mask.dtype, device=attention_mask.device)
+                attention_mask = torch.cat([pad, attention_mask], dim=-1)
+        return attention(module, query, key, value, attention_mask, **kwargs)
+
+    return prefix_attention
 
 
-AttentionInterface.register(ATTENTION_NAME, prefix_attention)
-AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+AttentionInterface.register(PREFIX_SDPA, with_prefixes(sdpa_attention_forward))
+AttentionMaskInterface.register(PREFIX_SDPA, sdpa_mask)
+AttentionInterface.register(PREFIX_EAGER, with_prefixes(eager_attention_forward))
+AttentionMaskInterface.register(PREFIX_EAGER, eager_mask)
 
 
 class PrefixTuned(nn.Module):
@@ -62,7 +69,7 @@ class PrefixTuned(nn.Module):
         self.kv: torch.Tensor | None = None  # [L, 2, H, P, hd] during a forward
         for i, attention in enumerate(backbone.attention_modules()):
             attention.prefix_slot = PrefixSlot(self, i)
-        backbone.set_attention(ATTENTION_NAME)
+        backbone.set_attention(PREFIX_SDPA)
 
     def layer_prefixes(self, layer: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         kv = self.kv[layer]  # [2, H, P, hd]

@@ -16,9 +16,10 @@ from torch import nn
 from ..backbones.base import Backbone, BackboneOutput
 from ..errors import UserError
 from ..ops import pooled_index
-from .base import Method, SideTuned, register_method
+from .base import TOKEN_KINDS, Method, SideTuned, register_method
 from .interaction import parallel_interaction
 from .unipt_cnn import ParallelCNN
+from .unipt_encdec import ParallelEncDec
 
 
 class ParallelTransformer(nn.Module):
@@ -37,6 +38,23 @@ class ParallelTransformer(nn.Module):
         targets = [down(state) for down, state in zip(self.downs, early, strict=False)]  # T_i: [B, N, m]
         fused = parallel_interaction(anchor, targets, out.mask, self.gate)  # R: [B, N, m]
         return replace(out, last=self.up(anchor + self.proj(fused)))  # last: [B, N, E]
+
+
+class ParallelJoint(ParallelTransformer):
+    """UniPT for a joint cross-modal transformer (SPEC 1.3): width m = D / r, Proj an MLP
+    (m -> D -> m, then LayerNorm), Up = Linear(m -> D); Linear weights drawn from N(0, 0.02)."""
+
+    def __init__(self, hidden_sizes: tuple[int, ...], width: int) -> None:
+        out_dim = hidden_sizes[-1]
+        super().__init__(hidden_sizes, width, out_dim)
+        self.proj = nn.Sequential(
+            nn.Linear(width, out_dim), nn.ReLU(), nn.Linear(out_dim, width), nn.LayerNorm(width)
+        )
+        self.up = nn.Linear(width, out_dim)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
 
 
 class ParallelPooled(nn.Module):
@@ -65,7 +83,7 @@ class ParallelPooled(nn.Module):
 @register_method("unipt")
 @dataclass
 class UniPT(Method):
-    kinds = frozenset({"transformer", "cnn"})
+    kinds = TOKEN_KINDS | {"cnn", "encdec"}
     side = True
     reduction: int = 2  # m = E / r (reference: E = 1024, m = 512)
     anchor: str = "tokens"  # "tokens": every last-layer token (1.1); "cls" or "eot": one frozen token (1.5)
@@ -78,11 +96,18 @@ class UniPT(Method):
         if out_dim % self.reduction:
             raise UserError(f"unipt: reduction {self.reduction} does not divide the output width {out_dim}")
         width = out_dim // self.reduction
+        if backbone.kind == "joint":  # m = D / r and the output keeps the joint transformer's width D
+            return SideTuned(backbone, ParallelJoint(backbone.hidden_sizes, backbone.width // self.reduction))
         if backbone.kind == "cnn":
             return SideTuned(backbone, ParallelCNN(backbone.hidden_sizes, width, out_dim))
+        if backbone.kind == "encdec":  # MDETR: D = 256, m = 128, layers 1, 3, 5 (of 6) and the last
+            depth = len(backbone.hidden_sizes) - 1
+            layers = tuple(range(1, depth, 2))
+            return SideTuned(backbone, ParallelEncDec(backbone.width, backbone.width // self.reduction, layers, depth))
         if self.anchor != "tokens":
             return SideTuned(backbone, ParallelPooled(backbone.hidden_sizes, width, self.anchor))
         return SideTuned(backbone, ParallelTransformer(backbone.hidden_sizes, width, out_dim))
 
     def output_width(self, backbone: Backbone, out_dim: int) -> int:
-        return backbone.width if self.anchor != "tokens" and backbone.kind != "cnn" else out_dim
+        pooled = self.anchor != "tokens" and backbone.kind == "transformer"
+        return backbone.width if pooled or backbone.kind in ("joint", "encdec") else out_dim

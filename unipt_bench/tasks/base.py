@@ -69,3 +69,7 @@ class Task(Configurable):
 
     def build(self, towers: dict[str, Tower]) -> TaskModel:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def example_targets(self, batch: int) -> dict[str, torch.Tensor]:
+        """Training targets shaped like one real batch (batch["targets"]); empty when the loss needs none."""
+        return {}
