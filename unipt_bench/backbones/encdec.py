@@ -19,8 +19,8 @@ from torch.nn import functional as F
 
 from ..errors import UserError
 from .base import Backbone, BackboneOutput, padded_mask, register_backbone
-from .bert import tiny_roberta
 from .bert import roberta_base as roberta_backbone
+from .bert import tiny_roberta
 from .hf import HFEncoder
 from .resnext import ResNetStages, timm_resnet, tiny_resnext
 
