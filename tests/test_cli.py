@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from unipt_bench.config import RunSpec, builtin_suites
+from unipt_bench.config import RunSpec, builtin_suites, load_suite
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
 ENV.pop("UNIPT_BENCH_RESULTS", None)
@@ -46,9 +46,9 @@ def stored_files(out: Path) -> dict[Path, bytes]:
 
 
 def smoke_runs(*methods: str) -> set[tuple[str, str]]:
-    """(config, method) pairs of the smoke suite for these methods, read from its file."""
-    data = tomllib.loads(builtin_suites()["smoke"].read_text(encoding="utf-8"))
-    return {(c["name"], m) for c in data["configs"] for m in c["methods"] if m in methods}
+    """(config, label) pairs of the smoke suite whose method or label is one of these, as --methods selects."""
+    specs = load_suite("smoke").with_mode("estimate")
+    return {(s.config, s.label) for s in specs if s.method in methods or s.label in methods}
 
 
 # ---------------------------------------------------------------- bad input: one line, exit 2

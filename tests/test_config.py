@@ -72,7 +72,7 @@ def test_flickr30k_configs_and_methods(flickr):
     configs = {}
     for s in flickr.specs:
         configs.setdefault(s.config, []).append(s.method)
-    assert list(configs) == ["t5-bert", "t5-resnext", "t1"]
+    assert list(configs) == ["t5-bert", "t5-bert-eager", "t5-resnext", "t1"]
     assert set(configs["t5-bert"]) == PAPER_METHODS
     for methods in configs.values():
         assert {"full", "partial", "bitfit"} <= set(methods) <= PAPER_METHODS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +10,7 @@ from torch import nn
 
 from .backbones import create_backbone
 from .config import RunSpec
-from .methods import Method, create_method
+from .methods import METHODS, Method, create_method
 from .tasks import TASKS, Task, TaskModel, Tower
 
 
@@ -36,6 +37,22 @@ def build(spec: RunSpec, weights: bool = True) -> Built:
             module, width = backbone, backbone.width
         towers[t.name] = Tower(module, backbone, t.tuned, width, t.pooling)
     return Built(task.build(towers), towers, task, method)
+
+
+def module_owner(model: TaskModel) -> Callable[[str], str]:
+    """Who a module (path relative to the model) belongs to: "backbone", "method" (modules a PETL method
+    added), "head" (task heads and towers trained with them) or "other" (the model itself: the loss)."""
+    markers = {name for method in METHODS.names() for name in METHODS.get(method).module_names}
+
+    def owner(path: str) -> str:
+        parts = path.split(".") if path else []
+        if not parts or parts[0] not in ("towers", "heads"):
+            return "other"
+        if parts[0] == "heads" or len(parts) < 2 or parts[1] not in model.tuned:
+            return "head"
+        return "method" if markers.intersection(parts[2:]) else "backbone"
+
+    return owner
 
 
 def count(params: list[nn.Parameter]) -> int:

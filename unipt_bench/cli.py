@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -102,11 +103,24 @@ def resolve_mode(mode: str) -> tuple[str, str]:
 @click.option("--methods", default=None, help="Comma-separated method names or labels to run (default: all).")
 @out_option
 @click.option("--force", is_flag=True, help="Run again even when a current result exists.")
-def run(suite: str, mode: str, methods: str | None, out: str, force: bool) -> None:
+@click.option("--busy-threshold", default="1GiB", show_default=True,
+              help="cuda: refuse runs while other processes hold more GPU memory than this ('none': never refuse).")
+@click.option("--memory-snapshot", is_flag=True, help="cuda: save each run's allocator snapshot beside its result.")
+@click.option("--calibrate/--no-calibrate", default=True, show_default=True,
+              help="cuda: also estimate each run on fake tensors and store estimate / measured.")
+@click.option("--nvml-interval", default=0.01, show_default=True, help="cuda: seconds between NVML samples.")
+def run(suite: str, mode: str, methods: str | None, out: str, force: bool, busy_threshold: str,
+        memory_snapshot: bool, calibrate: bool, nvml_interval: float) -> None:
     """Profile every run of a suite and store one JSON result per run."""
     from .config import load_suite, select_methods
+    from .fit import parse_bytes
     from .results import ResultStore
 
+    options = {
+        "busy_threshold": None if busy_threshold.lower() == "none" else parse_bytes(busy_threshold),
+        "calibrate": calibrate,
+        "nvml_interval": nvml_interval,
+    }
     loaded = load_suite(suite)
     mode, why = resolve_mode(mode)
     specs = select_methods(loaded.with_mode(mode), methods)
@@ -116,13 +130,13 @@ def run(suite: str, mode: str, methods: str | None, out: str, force: bool) -> No
     click.echo(f"{loaded.name}: {len(specs)} runs in {why}")
     if len(todo) < len(specs):
         click.echo(f"  {len(specs) - len(todo)} already done (same spec); --force runs them again")
-    results = run_with_progress(todo, store)
+    results = run_with_progress(todo, store, options, memory_snapshot)
     summarize(loaded.name, results, out)
     if any(r.status == "error" for r in results):
         sys.exit(1)
 
 
-def run_with_progress(specs: list, store: Any) -> list:
+def run_with_progress(specs: list, store: Any, options: dict[str, Any] | None = None, snapshots: bool = False) -> list:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -152,7 +166,7 @@ def run_with_progress(specs: list, store: Any) -> list:
             progress.advance(bar)
 
         try:
-            return run_specs(specs, store, on_start=on_start, on_result=on_result)
+            return run_specs(specs, store, on_start=on_start, on_result=on_result, options=options, snapshots=snapshots)
         except KeyboardInterrupt:
             progress.stop()
             click.echo("interrupted: finished runs are kept; run the same command to resume", err=True)
@@ -193,6 +207,85 @@ def results(suite: str, out: str, fmt: str) -> None:
         click.echo(pd.DataFrame(rows).convert_dtypes().to_csv(index=False), nl=False)
     else:
         print_table(rows)
+
+
+@cli.command()
+@click.option("--suite", required=True, help="Built-in suite name or path to a suite TOML file.")
+@click.option("--budget", required=True, help="Memory per GPU, e.g. 24GiB, 80GB, 16000MiB.")
+@click.option("--mode", type=click.Choice(["auto", "estimate", "cpu", "cuda"]), default="estimate", show_default=True)
+@click.option("--methods", default=None, help="Comma-separated method names or labels (default: all).")
+@click.option("--limit", default=4096, show_default=True, help="Largest batch to consider.")
+@out_option
+def fit(suite: str, budget: str, mode: str, methods: str | None, limit: int, out: str) -> None:
+    """Find each run's largest per-GPU batch under a memory budget, and its memory-vs-batch line."""
+    from .config import load_suite, select_methods
+    from .fit import fit_spec, parse_bytes
+    from .results import now, write_atomic
+    from .runner import Worker
+
+    budget_bytes = parse_bytes(budget)
+    loaded = load_suite(suite)
+    mode, why = resolve_mode(mode)
+    specs = select_methods(loaded.with_mode(mode), methods)
+    click.echo(f"{loaded.name}: largest batch per GPU under {human_bytes(budget_bytes)}, {why}")
+    worker: Worker | None = None
+    try:
+        for spec in specs:
+            if worker is None or mode != "estimate":  # GPU probes each get a fresh process
+                if worker is not None:
+                    worker.close()
+                worker = Worker()
+            try:
+                fitted = fit_spec(spec, budget_bytes, worker.run, limit)
+            except UserError as exc:
+                click.echo(f"  {spec.config + '/' + spec.label:<24} {exc}")
+                continue
+            line = (f"{human_bytes(fitted.fixed_bytes)} + {human_bytes(round(fitted.bytes_per_sample))}/sample"
+                    if fitted.bytes_per_sample else "no line (peak did not grow with the batch)")
+            click.echo(f"  {spec.config + '/' + spec.label:<24} max batch {fitted.max_batch or 'none':>6}  {line}"
+                       f"  ({len(fitted.probes)} probes)")
+            record = {"spec": spec.to_dict(), "mode": mode, "finished": now(), **fitted.to_dict()}
+            path = Path(out) / "_fits" / loaded.name / spec.config / f"{spec.label}.{mode}.{now().replace(':', '')}.json"
+            write_atomic(path, json.dumps(record, indent=2, sort_keys=True))
+    except KeyboardInterrupt:
+        click.echo("interrupted: fits finished so far are kept", err=True)
+        sys.exit(130)
+    finally:
+        if worker is not None:
+            worker.close()
+    click.echo(f"fits in {out}/_fits/{loaded.name}/")
+
+
+@cli.command()
+@click.option("--gpu", is_flag=True, help="Compare estimates with max_memory_allocated on the GPU (needs one).")
+@click.option("--methods", default=None, help="Comma-separated method names to check (default: all).")
+@out_option
+def selfcheck(gpu: bool, methods: str | None, out: str) -> None:
+    """Check the estimates: against cpu tensors here, against the GPU allocator with --gpu.
+
+    Without --gpu: the smoke suite's BERT runs in estimate and cpu mode must agree within 0.1%.
+    With --gpu: those runs and the paper's Table 5 BERT runs are measured in cuda mode, each with its
+    fake-tensor estimate; the goal is a ratio within 3%.
+    """
+    from .results import ResultStore
+    from .selfcheck import run_selfcheck
+
+    if gpu:
+        resolve_mode("cuda")  # a clear error without a GPU
+    store = ResultStore(out)
+    rows, tolerance = run_selfcheck(gpu, methods, store, lambda specs: run_with_progress(specs, store))
+    click.echo(f"{'run':<36} {'estimate':>12} {'measured':>12} {'ratio':>7}  verdict")
+    for row in rows:
+        ratio = "-" if row.ratio is None else f"{row.ratio:.4f}"
+        verdict = "ok" if row.within(tolerance) else (row.status if row.status != "ok" else "MISS")
+        click.echo(f"{row.key:<36} {human_bytes(row.estimate):>12} {human_bytes(row.measured):>12} {ratio:>7}  {verdict}")
+    misses = [r for r in rows if not r.within(tolerance)]
+    against = "max_memory_allocated" if gpu else "cpu tensors"
+    click.echo(f"{len(rows) - len(misses)} of {len(rows)} within {tolerance:.1%} of {against}")
+    if not gpu:
+        click.echo("GPU calibration: not run (add --gpu on a machine with a CUDA GPU)")
+    if misses:
+        sys.exit(1)
 
 
 def suite_name(suite: str) -> str:

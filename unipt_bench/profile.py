@@ -8,9 +8,12 @@ The step itself holds no measurement code: trackers are marked at phase boundari
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,13 +21,14 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .attention import configure_attention
-from .build import Built, build, example_batch, parameter_counts
+from .build import Built, build, example_batch, module_owner, parameter_counts
 from .config import RunSpec
 from .errors import UserError
 from .memory.base import Trackers
 from .memory.cpu import RssTracker
-from .memory.cuda import CudaTracker
+from .memory.cuda import CudaTracker, other_processes_bytes
 from .memory.estimate import TensorMemoryTracker
+from .memory.nvml import NvmlTracker
 
 TIMED_STEPS = 3  # untracked steps timed after the tracked ones (cpu and cuda modes)
 MAX_MICRO_BATCHES = 2  # accumulation's steady-state peak already shows with two micro-batches
@@ -104,6 +108,9 @@ def protocol(spec: RunSpec, built: Built) -> dict[str, Any]:
         "seed": spec.seed,
         "torch_threads": torch.get_num_threads(),
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "allocator_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+        "empty_cache": "never; each cuda run starts in a fresh process",
     }
 
 
@@ -118,33 +125,52 @@ def timed_steps(built: Built, batch: Any, optimizer: Any, params: Any, sync: Any
     return seconds
 
 
-def profile(spec: RunSpec) -> dict[str, Any]:
-    """Run the spec's profile; returns params, memory (per counter), timing and protocol."""
-    if spec.mode == "cuda" and not torch.cuda.is_available():
-        raise UserError("cuda mode needs a CUDA GPU and none is visible; use --mode estimate or cpu")
+@dataclass
+class RunOptions:
+    """How to run, not what: never part of a spec's digest."""
+
+    busy_threshold: int | None = 1 << 30  # cuda: refuse to start when other processes hold more than this
+    snapshot: str | None = None  # cuda: save the allocator's memory snapshot (Python stacks) to this path
+    snapshot_entries: int = 100_000  # bound on recorded allocator events, so snapshots stay small
+    calibrate: bool = True  # cuda: also estimate the same spec on fake tensors and store the ratio
+    nvml_interval: float = 0.01  # seconds between NVML samples
+
+
+def materialise(spec: RunSpec, stack: ExitStack) -> Built:
+    """Build the run's model where the mode needs it: fake tensors (estimate), CPU, or the GPU."""
+    if spec.mode == "estimate":
+        with torch.device("meta"):
+            built = build(spec, weights=False)
+        stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
+        built.model.to_empty(device="cpu")
+        return built
+    built = build(spec)
+    if spec.mode == "cuda":
+        built.model.to("cuda")
+        stack.enter_context(torch.device("cuda"))
+    return built
+
+
+def profile(spec: RunSpec, options: RunOptions | None = None) -> dict[str, Any]:
+    """Run the spec's profile; returns params, memory (per counter), timing, protocol and calibration."""
+    options = options or RunOptions()
+    if spec.mode == "cuda":
+        check_gpu_idle(options.busy_threshold)
     started = time.perf_counter()
     with ExitStack() as stack:
-        if spec.mode == "estimate":
-            with torch.device("meta"):
-                built = build(spec, weights=False)
-            stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
-            built.model.to_empty(device="cpu")
-        else:
-            built = build(spec)
-            if spec.mode == "cuda":
-                built.model.to("cuda")
-                stack.enter_context(torch.device("cuda"))
+        built = materialise(spec, stack)
         built_seconds = time.perf_counter() - started
         built.model.train()
         attention = configure_attention(built.model, spec.attention, traced_on_cpu=spec.mode != "cuda")
         batch = example_batch(built, spec)
         optimizer, params = make_optimizer(built)
-        trackers = make_trackers(spec, built, optimizer, batch)
+        trackers = make_trackers(spec, built, optimizer, batch, options)
         traced = time.perf_counter()
         micro = min(spec.accumulate, MAX_MICRO_BATCHES)
-        with trackers:
-            for _ in range(spec.steps):
-                train_step(built.model, batch, optimizer, params, built.task.recipe.grad_clip, trackers, micro)
+        with allocator_history(options.snapshot if spec.mode == "cuda" else None, options.snapshot_entries):
+            with trackers:
+                for _ in range(spec.steps):
+                    train_step(built.model, batch, optimizer, params, built.task.recipe.grad_clip, trackers, micro)
         timing: dict[str, Any] = {"build_seconds": built_seconds, "tracked_seconds": time.perf_counter() - traced}
         if spec.mode != "estimate":
             sync = torch.cuda.synchronize if spec.mode == "cuda" else (lambda: None)
@@ -152,17 +178,63 @@ def profile(spec: RunSpec) -> dict[str, Any]:
             timing.update(step_seconds=statistics.median(seconds), step_seconds_all=seconds)
         else:
             timing["step_seconds"] = None  # fake tensors run no kernels: no step time to report
-    return {
+    memory = trackers.results()
+    out = {
         "params": parameter_counts(built),
-        "memory": trackers.results(),
+        "memory": memory,
         "timing": timing,
         "protocol": {**protocol(spec, built), **attention},
     }
+    if spec.mode == "cuda" and options.snapshot:
+        memory["cuda_allocator"]["snapshot"] = options.snapshot
+    if spec.mode == "cuda" and options.calibrate:
+        out["calibration"] = calibrate(spec, memory["cuda_allocator"]["peak_bytes"])
+    return out
 
 
-def make_trackers(spec: RunSpec, built: Built, optimizer: Any, batch: Any) -> Trackers:
+def calibrate(spec: RunSpec, measured: int) -> dict[str, Any]:
+    """Estimate the same spec on fake tensors and compare with the allocator's measured peak."""
+    estimate = profile(RunSpec.from_dict({**spec.to_dict(), "mode": "estimate"}))["memory"]["memtracker_fake"]
+    return {
+        "estimate_peak_bytes": estimate["peak_bytes"],
+        "estimate_counter": "memtracker_fake",
+        "measured_peak_bytes": measured,
+        "measured_counter": "cuda_allocator (max_memory_allocated over phases)",
+        "ratio": estimate["peak_bytes"] / measured if measured else None,
+    }
+
+
+@contextmanager
+def allocator_history(path: str | None, entries: int) -> Iterator[None]:
+    """Record the CUDA allocator's history (Python stacks, at most `entries` events) and dump it to `path`."""
+    if path is None:
+        yield
+        return
+    torch.cuda.memory._record_memory_history(max_entries=entries, stacks="python")
+    try:
+        yield
+        torch.cuda.memory._dump_snapshot(path)
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+
+
+def check_gpu_idle(threshold: int | None) -> None:
+    """Refuse (a UserError, so the run records why) when other processes hold more GPU memory than threshold."""
+    if not torch.cuda.is_available():
+        raise UserError("cuda mode needs a CUDA GPU and none is visible; use --mode estimate or cpu")
+    if threshold is None:
+        return
+    busy, how = other_processes_bytes()
+    if busy > threshold:
+        raise UserError(
+            f"the GPU is busy: {busy / 2**30:.2f} GiB held {how}, above the {threshold / 2**30:.2f} GiB threshold; "
+            "free it or raise --busy-threshold"
+        )
+
+
+def make_trackers(spec: RunSpec, built: Built, optimizer: Any, batch: Any, options: RunOptions) -> Trackers:
     if spec.mode == "cuda":
-        return Trackers([CudaTracker()])
+        return Trackers([CudaTracker(), NvmlTracker(interval=options.nvml_interval)])
     counter = "memtracker_fake" if spec.mode == "estimate" else "memtracker_real"
-    tensors = TensorMemoryTracker(built.model, optimizer, flat_inputs(batch), counter)
+    tensors = TensorMemoryTracker(built.model, optimizer, flat_inputs(batch), counter, module_owner(built.model))
     return Trackers([tensors] if spec.mode == "estimate" else [tensors, RssTracker()])

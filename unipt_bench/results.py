@@ -30,6 +30,7 @@ class RunResult:
     timing: dict[str, Any] | None = None
     protocol: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None  # cuda runs: estimate vs measured peak and their ratio
     env: dict[str, Any] = field(default_factory=dict)
     message: str | None = None  # why a run is not ok, in one line
     detail: str | None = None  # e.g. the traceback of an error, for the curious
@@ -130,6 +131,12 @@ class ResultStore:
         while path.exists():  # never overwrite, even within one microsecond
             path = path.with_name(path.stem + "_.json")
         write_atomic(path, result.to_json())
+        return path
+
+    def snapshot_path(self, spec: RunSpec) -> Path:
+        """Where a run's allocator snapshot goes: beside its result, named like it."""
+        path = self.root / spec.suite / spec.config / f"{spec.label}.{spec.mode}.{now().replace(':', '')}.snapshot.pickle"
+        path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
     def all(self, suite: str) -> list[tuple[Path, RunResult]]:

@@ -20,21 +20,22 @@ from .errors import NotApplicable, UserError
 from .results import ResultStore, RunResult, now
 
 
-def execute(spec_data: dict[str, Any]) -> dict[str, Any]:
+def execute(spec_data: dict[str, Any], options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Profile one spec and return its RunResult as a dict; never raises for a failing run."""
     import torch
 
     from .environment import environment
-    from .profile import profile
+    from .profile import RunOptions, profile
 
     spec = RunSpec.from_dict(spec_data)
     result = RunResult(spec=spec_data, status="ok", digest=spec.digest(), started=now())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            out = profile(spec)
+            out = profile(spec, RunOptions(**(options or {})))
             result.params, result.memory = out["params"], out["memory"]
             result.timing, result.protocol = out["timing"], out["protocol"]
+            result.calibration = out.get("calibration")
         except NotApplicable as exc:
             result.status, result.message = "not_applicable", str(exc)
         except torch.OutOfMemoryError as exc:
@@ -59,8 +60,8 @@ def _serve(conn: Connection) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    while (spec := conn.recv()) is not None:
-        conn.send(execute(spec))
+    while (job := conn.recv()) is not None:
+        conn.send(execute(*job))
 
 
 class Worker:
@@ -73,8 +74,8 @@ class Worker:
         self.process.start()
         child.close()
 
-    def run(self, spec: RunSpec) -> dict[str, Any]:
-        self.conn.send(spec.to_dict())
+    def run(self, spec: RunSpec, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        self.conn.send((spec.to_dict(), options))
         while not self.conn.poll(0.2):
             if not self.process.is_alive():
                 raise ChildProcessError(f"the worker process died (exit code {self.process.exitcode})")
@@ -107,21 +108,29 @@ def run_specs(
     isolate: bool = True,
     on_start: Callable[[RunSpec], None] = lambda spec: None,
     on_result: Callable[[RunResult], None] = lambda result: None,
+    options: dict[str, Any] | None = None,
+    snapshots: bool = False,
 ) -> list[RunResult]:
-    """Run specs in order, writing each result as it ends. Ctrl-C records `interrupted` and re-raises."""
+    """Run specs in order, writing each result as it ends. Ctrl-C records `interrupted` and re-raises.
+
+    options are RunOptions fields; snapshots=True saves each cuda run's allocator snapshot beside its result.
+    """
     results: list[RunResult] = []
     worker: Worker | None = None
 
     def run_one(spec: RunSpec) -> RunResult:
         nonlocal worker
+        run_options = dict(options or {})
+        if snapshots and spec.mode == "cuda":
+            run_options["snapshot"] = str(store.snapshot_path(spec))
         if not isolate:
-            return RunResult(**execute(spec.to_dict()))
+            return RunResult(**execute(spec.to_dict(), run_options))
         if worker is None or spec.mode != "estimate":
             if worker is not None:
                 worker.close()
             worker = Worker()
         try:
-            return RunResult(**worker.run(spec))
+            return RunResult(**worker.run(spec, run_options))
         except (ChildProcessError, EOFError, OSError) as exc:
             worker.kill()
             worker = None

@@ -35,6 +35,23 @@ class CudaStats:
         }
 
 
+def other_processes_bytes() -> tuple[int, str]:
+    """GPU memory held by other processes, and how it was measured (NVML per process when it can)."""
+    import torch
+
+    from .nvml import PynvmlReader, Unavailable
+
+    try:
+        reader = PynvmlReader(torch.cuda.current_device())
+        try:
+            return reader.device_used() - reader.process_used(), "by other processes (NVML)"
+        except Unavailable:
+            return reader.device_used(), "on the device, this process's CUDA context included (NVML device total)"
+    except Unavailable:
+        free, total = torch.cuda.mem_get_info()
+        return total - free, "on the device, this process's CUDA context included (cudaMemGetInfo)"
+
+
 def p99(values: list[int]) -> int:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
@@ -51,6 +68,7 @@ class CudaTracker:
         self.by_phase: dict[str, dict[str, int]] = {}
         self.step_peak = 0
         self.steps: list[int] = []
+        self.trace: list[dict[str, Any]] = []  # one entry per (step, phase)
         self.last: dict[str, int] = {}
 
     def __enter__(self) -> CudaTracker:
@@ -68,6 +86,8 @@ class CudaTracker:
         seen = self.by_phase.setdefault(self.phase, {})
         for key in ("max_memory_allocated", "max_memory_reserved", "active_bytes_peak"):
             seen[key] = max(seen.get(key, 0), now[key])
+        self.trace.append({"step": len(self.steps), "phase": self.phase, "max_memory_allocated": now["max_memory_allocated"],
+                           "max_memory_reserved": now["max_memory_reserved"]})
         self.step_peak = max(self.step_peak, now["max_memory_allocated"])
         self.phase = None
 
@@ -89,6 +109,7 @@ class CudaTracker:
             "max_memory_reserved": max((p["max_memory_reserved"] for p in self.by_phase.values()), default=0),
             "by_phase": {phase: dict(values) for phase, values in self.by_phase.items()},
             "step_peak_bytes": list(self.steps),
+            "trace": list(self.trace),
             "step_stats": {
                 "max": max(self.steps, default=0),
                 "mean": statistics.fmean(self.steps) if self.steps else 0,

@@ -1,18 +1,24 @@
-"""Exact live tensor bytes by category and phase, from PyTorch's MemTracker (torch.distributed._tools).
+"""Exact live tensor bytes by category, phase and owner, from PyTorch's MemTracker (torch.distributed._tools).
 
 Works on fake tensors (`estimate` mode: paper-scale models with no GPU and no memory) and on real CPU
 tensors (`cpu` mode). Two workarounds, both for torch 2.13-2.14: frozen parameters get a no-op grad
 hook handle (MemTracker would hook every parameter and fail on frozen ones), and module stats are
-reset after each step (a second iteration would otherwise raise).
+reset before each forward (a second iteration would otherwise raise).
+
+Attribution: every activation and temporary is charged, when it is created, to the innermost module
+running (backbone, the method's own modules, the task head, or "other": the loss, clipping and the
+optimizer). Parameters and buffers belong to their module; gradients and optimizer state present at
+the peak are split in proportion to each owner's trainable parameter bytes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from copy import deepcopy
 from typing import Any
 
 from torch import nn, optim
-from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
+from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType, _UpdateType
 
 from .base import CATEGORIES
 
@@ -28,6 +34,10 @@ CATEGORY_OF = {
 }
 
 
+DYNAMIC = (_MemRefType.ACT, _MemRefType.TEMP)
+OWNERS = ("backbone", "method", "head", "other")
+
+
 class _NoHook:
     def remove(self) -> None:
         pass
@@ -40,7 +50,7 @@ class PhasedMemTracker(MemTracker):
     the tracing time on a 100-layer CNN) by a lookup of the few modules currently running.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, owner_of: Callable[[str], str] | None = None) -> None:
         super().__init__()
         self._by_fqn: dict[str, list[Any]] = {}
         self._indexed = -1
@@ -48,6 +58,44 @@ class PhasedMemTracker(MemTracker):
         self.phase_peaks: dict[str, dict[str, int]] = {}
         self.step_peak = 0
         self.step_peaks: list[int] = []
+        self.owner_of = owner_of  # module path relative to the model -> owner
+        self.owners: dict[Any, str] = {}  # activation/temporary storage info -> owner
+        self.live_by_owner: dict[str, dict[str, int]] = {}
+        self.peak_by_owner: dict[str, dict[str, int]] = {}
+
+    def innermost_module(self) -> str:
+        """Path (relative to the model) of the innermost module running; "" outside every module."""
+        deepest = max(self._mod_tracker.parents - {"Global"}, key=len, default="")
+        return deepest.split(".", 1)[1] if "." in deepest else ""
+
+    def charge(self, owner: str, reftype: Any, nbytes: int) -> None:
+        cats = self.live_by_owner.setdefault(owner, {})
+        cats[CATEGORY_OF[reftype]] = cats.get(CATEGORY_OF[reftype], 0) + nbytes
+
+    def _update_snap(self, u_type: Any, winfo: Any, old_mem_consumed: int | None = None,
+                     old_reftype: Any = None) -> None:
+        """MemTracker's single point for byte changes: also keep activation/temporary bytes per owner."""
+        super()._update_snap(u_type, winfo, old_mem_consumed, old_reftype)
+        if self.owner_of is None:
+            return
+        owner = self.owners.get(winfo)
+        if u_type == _UpdateType.ADD and winfo.reftype in DYNAMIC:
+            owner = self.owners[winfo] = self.owner_of(self.innermost_module())
+            self.charge(owner, winfo.reftype, winfo.mem_consumed)
+        elif owner is None:
+            if u_type == _UpdateType.REF and winfo.reftype in DYNAMIC:  # re-labelled into an activation
+                owner = self.owners[winfo] = self.owner_of(self.innermost_module())
+                self.charge(owner, winfo.reftype, winfo.mem_consumed)
+        elif u_type == _UpdateType.DEL:
+            self.charge(self.owners.pop(winfo), winfo.reftype, -winfo.mem_consumed)
+        elif u_type == _UpdateType.SIZE:
+            self.charge(owner, winfo.reftype, winfo.mem_consumed - old_mem_consumed)
+        elif u_type == _UpdateType.REF:
+            self.charge(owner, old_reftype, -winfo.mem_consumed)
+            if winfo.reftype in DYNAMIC:
+                self.charge(owner, winfo.reftype, winfo.mem_consumed)
+            else:
+                del self.owners[winfo]
 
     def current(self) -> dict[str, int]:
         """Live bytes by MemTracker category (summed over devices), with the total under "Total"."""
@@ -83,6 +131,7 @@ class PhasedMemTracker(MemTracker):
             if self._peak_mem.get(dev, 0) < snap[TOTAL]:
                 self._peak_mem[dev] = snap[TOTAL]
                 self._peak_mem_snap[dev] = deepcopy(snap)
+                self.peak_by_owner = deepcopy(self.live_by_owner)
         self.note_peak()
 
 
@@ -94,12 +143,25 @@ def by_category(snapshot: dict[Any, int]) -> dict[str, int]:
     return cats
 
 
+def split(total: int, weights: dict[str, int]) -> dict[str, int]:
+    """Split `total` in proportion to `weights` (integers that sum exactly to total)."""
+    whole = sum(weights.values())
+    if not whole:
+        return dict.fromkeys(weights, 0)
+    parts = {k: total * w // whole for k, w in weights.items()}
+    largest = max(weights, key=weights.get)
+    parts[largest] += total - sum(parts.values())
+    return parts
+
+
 class TensorMemoryTracker:
     """Tracker over MemTracker; `counter` says whether it saw fake or real tensors."""
 
-    def __init__(self, model: nn.Module, optimizer: optim.Optimizer, inputs: list, counter: str) -> None:
+    def __init__(self, model: nn.Module, optimizer: optim.Optimizer, inputs: list, counter: str,
+                 owner_of: Callable[[str], str] | None = None) -> None:
         self.counter = counter
-        self.tracker = PhasedMemTracker()
+        self.model, self.owner_of = model, owner_of
+        self.tracker = PhasedMemTracker(owner_of)
         for p in model.parameters():
             if not p.requires_grad:  # MemTracker cannot hook a frozen parameter
                 self.tracker._param_to_grad_hook_handles[p] = (_NoHook(), _NoHook())
@@ -137,4 +199,27 @@ class TensorMemoryTracker:
                 for phase, snap in self.tracker.phase_peaks.items()
             },
             "step_peak_bytes": list(self.tracker.step_peaks),
+            **({"by_owner": self.attribution(by_category(peak))} if self.owner_of else {}),
         }
+
+    def attribution(self, peak: dict[str, int]) -> dict[str, dict[str, int]]:
+        """Peak bytes by owner (backbone, method, head, other) and category; the parts add up to the peak."""
+        params: dict[str, int] = dict.fromkeys(OWNERS, 0)
+        trainable: dict[str, int] = dict.fromkeys(OWNERS, 0)
+        buffers: dict[str, int] = dict.fromkeys(OWNERS, 0)
+        for name, p in self.model.named_parameters():
+            owner = self.owner_of(name.rpartition(".")[0])
+            params[owner] += p.numel() * p.element_size()
+            trainable[owner] += p.numel() * p.element_size() if p.requires_grad else 0
+        for name, b in self.model.named_buffers():
+            buffers[self.owner_of(name.rpartition(".")[0])] += b.numel() * b.element_size()
+        out = {owner: dict.fromkeys(CATEGORIES, 0) for owner in OWNERS}
+        grads, optimizer = split(peak["grads"], trainable), split(peak["optimizer_state"], trainable)
+        for owner in OWNERS:
+            dynamic = self.tracker.peak_by_owner.get(owner, {})
+            out[owner].update(
+                params=params[owner], buffers=buffers[owner], grads=grads[owner], optimizer_state=optimizer[owner],
+                activations=dynamic.get("activations", 0), temporaries=dynamic.get("temporaries", 0),
+            )
+        out["other"]["inputs"] = peak["inputs"]
+        return out

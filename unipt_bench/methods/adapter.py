@@ -46,6 +46,7 @@ class Adapted(nn.Module):
 @register_method("adapter")
 @dataclass
 class Adapter(Method):
+    module_names = ("adapter",)
     kinds = TOKEN_KINDS | {"cnn"}
     reduction: int = 16  # transformer bottleneck = D / 16 (Houlsby)
     cnn_reduction: int = 8  # CNN bottleneck = C / 8 (with the 2048 -> 1024 head: the paper's 3.5M)

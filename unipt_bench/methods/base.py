@@ -31,6 +31,7 @@ class Method(Configurable):
     kind_label = "method"
     kinds: ClassVar[frozenset[str]] = TOKEN_KINDS
     side: ClassVar[bool] = False
+    module_names: ClassVar[tuple[str, ...]] = ()  # names of the modules it adds (memory attribution)
 
     def apply(self, backbone: Backbone, out_dim: int) -> nn.Module:
         """Adapt `backbone`; return a module mapping inputs to a BackboneOutput.

@@ -17,6 +17,7 @@ from .base import Method, freeze, register_method
 @register_method("lora")
 @dataclass
 class LoRA(Method):
+    module_names = ("lora_A", "lora_B")
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.0

@@ -115,6 +115,7 @@ def transformer_side_layer(width: int, heads: int, ffn: int) -> nn.Module:
 @register_method("lst")
 @dataclass
 class LST(Method):
+    module_names = ("side",)
     kinds = TOKEN_KINDS | {"cnn", "encdec"}
     side = True
     reduction: int = 4  # transformer side width d = D / 4 (the paper's comparisons)

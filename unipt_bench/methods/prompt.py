@@ -64,8 +64,10 @@ class PrefixTuned(nn.Module):
         self.backbone = freeze(backbone)
         layers, width = backbone.num_layers, backbone.width
         self.length, self.heads = length, backbone.num_heads
-        self.tokens = nn.Embedding(length, width)
-        self.mlp = nn.Sequential(nn.Linear(width, bottleneck), nn.Tanh(), nn.Linear(bottleneck, 2 * layers * width))
+        self.prefix_tokens = nn.Embedding(length, width)
+        self.prefix_mlp = nn.Sequential(
+            nn.Linear(width, bottleneck), nn.Tanh(), nn.Linear(bottleneck, 2 * layers * width)
+        )
         self.kv: torch.Tensor | None = None  # [L, 2, H, P, hd] during a forward
         for i, attention in enumerate(backbone.attention_modules()):
             attention.prefix_slot = PrefixSlot(self, i)
@@ -76,7 +78,7 @@ class PrefixTuned(nn.Module):
         return kv[0].expand(batch, -1, -1, -1), kv[1].expand(batch, -1, -1, -1)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> BackboneOutput:
-        p = self.mlp(self.tokens.weight)  # [P, 2*L*D]
+        p = self.prefix_mlp(self.prefix_tokens.weight)  # [P, 2*L*D]
         layers = self.backbone.num_layers
         self.kv = p.view(self.length, layers, 2, self.heads, -1).permute(1, 2, 3, 0, 4)  # [L, 2, H, P, hd]
         try:
@@ -88,6 +90,7 @@ class PrefixTuned(nn.Module):
 @register_method("prompt")
 @dataclass
 class Prompt(Method):
+    module_names = ("prefix_tokens", "prefix_mlp")
     length: int = 30  # prefixes per layer
     bottleneck: int = 512  # reparameterisation MLP width
 
