@@ -83,16 +83,20 @@ def suite_description(path: Any) -> str:
         return ""
 
 
-def resolve_mode(mode: str) -> tuple[str, str]:
-    """(mode, a sentence saying why)."""
+def resolve_mode(mode: str, trains: bool = False) -> tuple[str, str]:
+    """(mode, a sentence saying why). `trains`: the suite trains on real data, which estimates cannot."""
     import torch
 
     if mode != "auto":
         if mode == "cuda" and not torch.cuda.is_available():
             raise UserError("--mode cuda needs a CUDA GPU and none is visible; use --mode estimate or --mode cpu")
+        if mode == "estimate" and trains:
+            return mode, "estimate mode (as asked): training configurations are profiled on fake tensors, not trained"
         return mode, f"{mode} mode (as asked)"
     if torch.cuda.is_available():
         return "cuda", f"cuda mode on {torch.cuda.get_device_name(0)}"
+    if trains:
+        return "cpu", "cpu mode: no GPU found, and training needs real tensors"
     return "estimate", "estimate mode: no GPU found, so memory comes from fake tensors (exact bytes, no data, no downloads)"
 
 
@@ -109,8 +113,10 @@ def resolve_mode(mode: str) -> tuple[str, str]:
 @click.option("--calibrate/--no-calibrate", default=True, show_default=True,
               help="cuda: also estimate each run on fake tensors and store estimate / measured.")
 @click.option("--nvml-interval", default=0.01, show_default=True, help="cuda: seconds between NVML samples.")
+@click.option("--data-root", default=os.environ.get("UNIPT_BENCH_DATA", "data"), show_default=True,
+              type=click.Path(file_okay=False), help="Where training suites find datasets (env UNIPT_BENCH_DATA).")
 def run(suite: str, mode: str, methods: str | None, out: str, force: bool, busy_threshold: str,
-        memory_snapshot: bool, calibrate: bool, nvml_interval: float) -> None:
+        memory_snapshot: bool, calibrate: bool, nvml_interval: float, data_root: str) -> None:
     """Profile every run of a suite and store one JSON result per run."""
     from .config import load_suite, select_methods
     from .fit import parse_bytes
@@ -120,9 +126,10 @@ def run(suite: str, mode: str, methods: str | None, out: str, force: bool, busy_
         "busy_threshold": None if busy_threshold.lower() == "none" else parse_bytes(busy_threshold),
         "calibrate": calibrate,
         "nvml_interval": nvml_interval,
+        "data_root": data_root,
     }
     loaded = load_suite(suite)
-    mode, why = resolve_mode(mode)
+    mode, why = resolve_mode(mode, trains=any(s.train for s in loaded.specs))
     specs = select_methods(loaded.with_mode(mode), methods)
     store = ResultStore(out)
     latest = store.latest(loaded.name)
@@ -161,12 +168,24 @@ def run_with_progress(specs: list, store: Any, options: dict[str, Any] | None = 
                 f"peak {human_bytes(row['peak_bytes']):>10}  trainable {human_count(row['trainable_params']):>8}"
                 if result.status == "ok" else (result.message or "")
             )
+            if result.status == "ok" and row["test_score"] is not None:
+                detail += f"  test {row['metric']} {row['test_score']:.2f} (baseline {row['baseline_score']:.2f})"
             console.print(f"  {spec.config + '/' + spec.label:<24} {result.status:<15} {detail}  ({seconds:.1f} s)",
                           markup=False, soft_wrap=True)
             progress.advance(bar)
 
+        def on_progress(spec: Any, info: dict[str, Any]) -> None:
+            name = f"{spec.config}/{spec.label}"
+            if info.get("event") == "step":
+                progress.update(bar, description=f"{name} step {info['step']}/{info['steps']} loss {info['loss']:.3f} "
+                                                 f"{info['samples_per_s']:.0f}/s")
+            elif info.get("event") == "eval":
+                scores = ", ".join(f"{k} {v:.2f}" for k, v in info.items() if k not in ("event", "step"))
+                console.print(f"  {name:<24} step {info['step']}: validation {scores}", markup=False, soft_wrap=True)
+
         try:
-            return run_specs(specs, store, on_start=on_start, on_result=on_result, options=options, snapshots=snapshots)
+            return run_specs(specs, store, on_start=on_start, on_result=on_result, options=options, snapshots=snapshots,
+                             on_progress=on_progress)
         except KeyboardInterrupt:
             progress.stop()
             click.echo("interrupted: finished runs are kept; run the same command to resume", err=True)

@@ -14,9 +14,10 @@ import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .attention import KERNELS
+from .configurable import Configurable
 from .errors import UserError
 
 MODES = ("estimate", "cpu", "cuda")
@@ -24,7 +25,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 SUITE_KEYS = {"name", "description", "task", "task_options", "steps", "seed", "attention", "configs"}
 CONFIG_KEYS = {
     "name", "title", "paper", "task", "task_options", "batch", "gpus", "accumulate", "steps", "attention", "towers",
-    "methods",
+    "methods", "train",
 }
 TOWER_KEYS = {"name", "backbone", "tuned", "weights", "pooling"}
 RUN_KEYS = {"method", "label", "gpus"}  # the rest of a method table are the method's options
@@ -38,6 +39,41 @@ class TowerSpec:
     weights: str = "random"
     shape: dict[str, int] = field(default_factory=dict)  # profiling input shape, e.g. {"seq_len": 32}
     pooling: str | None = None  # how the task head pools this tower (None: the task's default)
+
+
+@dataclass
+class TrainSpec(Configurable):
+    """A training run: dataset, budget, schedule and evaluation (the `train` table of a configuration)."""
+
+    name: ClassVar[str] = "train"
+    kind_label: ClassVar[str] = "table"
+    dataset: str = ""  # easy-vqa, flickr30k, mscoco, vqav2, gqa
+    format: str = "karpathy"  # retrieval data: "karpathy" (JSON + images) or "precomp" (BUTD features)
+    path: str = ""  # dataset folder under the data root (default: the dataset's name)
+    steps: int = 300  # optimizer steps
+    eval_every: int = 100  # validate (and checkpoint) every this many steps
+    eval_batch: int = 256
+    lr: float = 0.0  # 0: the task recipe's learning rate
+    warmup: float = 0.05  # fraction of the steps with a linear warm-up
+    schedule: str = "cosine"  # "cosine", "step" (x0.1 at decay_at) or "constant"
+    decay_at: float = 0.6  # step schedule: fraction of the steps where the rate drops
+    amp: str = "none"  # "none", "bf16" or "fp16" (fp16 on a GPU)
+    cache: str = "auto"  # hidden-state cache for side methods: "auto" (when inputs are deterministic), "off"
+    val_size: int = 1000  # held out from train for model selection when the dataset has no val split
+    max_train: int = 0  # use only this many training examples (0: all)
+    max_eval: int = 0  # evaluate on at most this many examples (0: all)
+    num_answers: int = 0  # VQA answer vocabulary size (0: every training answer)
+
+    def __post_init__(self) -> None:
+        choices = {"schedule": ("cosine", "step", "constant"), "amp": ("none", "bf16", "fp16"),
+                   "cache": ("auto", "off"), "format": ("karpathy", "precomp")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise UserError(f"train.{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        if not self.dataset:
+            raise UserError("train needs a dataset (easy-vqa, flickr30k, mscoco, vqav2 or gqa)")
+        if self.steps < 1 or self.eval_every < 1 or self.eval_batch < 1:
+            raise UserError("train.steps, eval_every and eval_batch must be positive")
 
 
 @dataclass
@@ -59,6 +95,7 @@ class RunSpec:
     mode: str
     accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
     attention: str = "sdpa"  # attention kernel traced: "sdpa" (fused) or "eager" (see attention.py)
+    train: dict[str, Any] | None = None  # a TrainSpec's fields: train on real data; None: profile only
     title: str = ""
     paper: str | None = None  # the paper table this configuration mirrors, e.g. "table5-bert"
     order: int = 0  # position in the suite (display only; not part of the digest)
@@ -231,13 +268,21 @@ class SuiteReader:
         if attention not in KERNELS:
             raise self.fail(f"{what}: attention must be one of {', '.join(KERNELS)}, got {attention!r}", attention)
         seed = defaults.get("seed", 0)
+        train = None
+        if "train" in config:
+            try:
+                train = TrainSpec.from_options(self.table(config["train"], f"{what}: train")).options()
+            except UserError as exc:
+                raise self.fail(f"{what}: {exc}", "train") from None
         gpus_default = self.typed(config, "gpus", int, what, 1)
         towers = config.get("towers", [])
         if not isinstance(towers, list):
             raise self.fail(f"{what}: towers must be a list of tables", "towers")
         towers = [self.read_tower(t, what, BACKBONES, create_backbone) for t in towers]
-        if task.tower_count is not None and len(towers) != task.tower_count:
-            raise self.fail(f"{what}: task {task_name!r} needs {task.tower_count} towers, found {len(towers)}", cname)
+        try:
+            task.check_towers(len(towers))
+        except UserError as exc:
+            raise self.fail(f"{what}: {exc}", cname) from None
         if len({t.name for t in towers}) != len(towers):
             raise self.fail(f"{what}: tower names must be distinct", cname)
         methods = config.get("methods")
@@ -266,7 +311,7 @@ class SuiteReader:
                 RunSpec(
                     suite=suite, config=cname, label=label, method=method, method_options=options,
                     task=task_name, task_options=task_options, towers=towers, batch=batch // gpus, gpus=gpus,
-                    steps=steps, seed=seed, mode="", accumulate=accumulate, attention=attention, title=str(config.get("title", "")),
+                    steps=steps, seed=seed, mode="", accumulate=accumulate, attention=attention, train=train, title=str(config.get("title", "")),
                     paper=config.get("paper"),
                 )
             )

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,24 +50,35 @@ def train_step(
     grad_clip: float | None,
     tracker: Any,
     micro_batches: int = 1,
-) -> None:
+    autocast: Callable[[], Any] = nullcontext,
+    scaler: Any = None,
+) -> torch.Tensor:
     """(forward -> backward) x micro_batches -> (clip) optimizer step -> zero_grad(set_to_none).
 
     Phases are marked for the trackers. With gradient accumulation the gradients of the first
     micro-batch stay alive through the next forward, which is where accumulation's peak lies.
+    `autocast` wraps the forward (AMP); an fp16 `scaler` scales the loss and unscales before clipping.
+    Returns the last micro-batch's loss, detached.
     """
     for _ in range(micro_batches):
         tracker.mark("forward")
-        loss = model(batch)
+        with autocast():
+            loss = model(batch)
         tracker.mark("backward")
-        loss.backward()
-        del loss
+        (scaler.scale(loss) if scaler is not None else loss).backward()
     tracker.mark("optimizer")
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     tracker.end_step()
+    return loss.detach()
 
 
 def make_optimizer(built: Built) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
@@ -134,6 +145,8 @@ class RunOptions:
     snapshot_entries: int = 100_000  # bound on recorded allocator events, so snapshots stay small
     calibrate: bool = True  # cuda: also estimate the same spec on fake tensors and store the ratio
     nvml_interval: float = 0.01  # seconds between NVML samples
+    data_root: str = "data"  # training: where datasets live
+    checkpoints: str | None = None  # training: this run's checkpoint folder (resumed when it holds one)
 
 
 def materialise(spec: RunSpec, stack: ExitStack) -> Built:

@@ -95,6 +95,11 @@ class RunResult:
         for cat in CATEGORIES:
             row[f"{cat}_bytes"] = categories.get(cat)
         row["step_seconds"] = (self.timing or {}).get("step_seconds")
+        metrics = self.metrics or {}
+        selection = metrics.get("selection")
+        row["metric"] = selection
+        row["test_score"] = (metrics.get("test") or {}).get(selection) if selection else None
+        row["baseline_score"] = (metrics.get("baseline") or {}).get(selection) if selection else None
         row["message"] = self.message
         return row
 
@@ -138,6 +143,10 @@ class ResultStore:
         path = self.root / spec.suite / spec.config / f"{spec.label}.{spec.mode}.{now().replace(':', '')}.snapshot.pickle"
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+    def checkpoint_dir(self, spec: RunSpec) -> Path:
+        """A training run's checkpoints: stable across re-runs of the same spec, so they resume."""
+        return self.root / spec.suite / spec.config / f"{spec.label}.{spec.mode}.{spec.digest()}.ckpt"
 
     def all(self, suite: str) -> list[tuple[Path, RunResult]]:
         folder = self.root / suite

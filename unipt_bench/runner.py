@@ -20,22 +20,26 @@ from .errors import NotApplicable, UserError
 from .results import ResultStore, RunResult, now
 
 
-def execute(spec_data: dict[str, Any], options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Profile one spec and return its RunResult as a dict; never raises for a failing run."""
+def execute(spec_data: dict[str, Any], options: dict[str, Any] | None = None,
+            report: Callable[[dict[str, Any]], None] = lambda info: None) -> dict[str, Any]:
+    """Profile (or train) one spec and return its RunResult as a dict; never raises for a failing run."""
     import torch
 
     from .environment import environment
     from .profile import RunOptions, profile
+    from .train import train_run
 
     spec = RunSpec.from_dict(spec_data)
     result = RunResult(spec=spec_data, status="ok", digest=spec.digest(), started=now())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            out = profile(spec, RunOptions(**(options or {})))
+            run_options = RunOptions(**(options or {}))
+            trains = spec.train is not None and spec.mode != "estimate"  # estimates profile a training config
+            out = train_run(spec, run_options, report) if trains else profile(spec, run_options)
             result.params, result.memory = out["params"], out["memory"]
             result.timing, result.protocol = out["timing"], out["protocol"]
-            result.calibration = out.get("calibration")
+            result.calibration, result.metrics = out.get("calibration"), out.get("metrics")
         except NotApplicable as exc:
             result.status, result.message = "not_applicable", str(exc)
         except torch.OutOfMemoryError as exc:
@@ -60,8 +64,9 @@ def _serve(conn: Connection) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     while (job := conn.recv()) is not None:
-        conn.send(execute(*job))
+        conn.send(("result", execute(*job, report=lambda info: conn.send(("progress", info)))))
 
 
 class Worker:
@@ -74,12 +79,17 @@ class Worker:
         self.process.start()
         child.close()
 
-    def run(self, spec: RunSpec, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    def run(self, spec: RunSpec, options: dict[str, Any] | None = None,
+            on_progress: Callable[[dict[str, Any]], None] = lambda info: None) -> dict[str, Any]:
         self.conn.send((spec.to_dict(), options))
-        while not self.conn.poll(0.2):
-            if not self.process.is_alive():
-                raise ChildProcessError(f"the worker process died (exit code {self.process.exitcode})")
-        return self.conn.recv()
+        while True:
+            while not self.conn.poll(0.2):
+                if not self.process.is_alive():
+                    raise ChildProcessError(f"the worker process died (exit code {self.process.exitcode})")
+            kind, payload = self.conn.recv()
+            if kind == "result":
+                return payload
+            on_progress(payload)
 
     def close(self) -> None:
         if self.process.is_alive():
@@ -110,6 +120,7 @@ def run_specs(
     on_result: Callable[[RunResult], None] = lambda result: None,
     options: dict[str, Any] | None = None,
     snapshots: bool = False,
+    on_progress: Callable[[RunSpec, dict[str, Any]], None] = lambda spec, info: None,
 ) -> list[RunResult]:
     """Run specs in order, writing each result as it ends. Ctrl-C records `interrupted` and re-raises.
 
@@ -123,14 +134,17 @@ def run_specs(
         run_options = dict(options or {})
         if snapshots and spec.mode == "cuda":
             run_options["snapshot"] = str(store.snapshot_path(spec))
+        if spec.train:
+            run_options["checkpoints"] = str(store.checkpoint_dir(spec))
+        progress = lambda info: on_progress(spec, info)  # noqa: E731
         if not isolate:
-            return RunResult(**execute(spec.to_dict(), run_options))
+            return RunResult(**execute(spec.to_dict(), run_options, progress))
         if worker is None or spec.mode != "estimate":
             if worker is not None:
                 worker.close()
             worker = Worker()
         try:
-            return RunResult(**worker.run(spec, run_options))
+            return RunResult(**worker.run(spec, run_options, progress))
         except (ChildProcessError, EOFError, OSError) as exc:
             worker.kill()
             worker = None

@@ -32,12 +32,14 @@ class BackboneOutput:
 class Backbone(nn.Module):
     """A pretrained network that PETL methods adapt.
 
-    Subclasses set `kind` ("transformer", "cnn", "features", "rnn"), `hidden_sizes` (width of each
-    hidden state), `width` (width of `last`) and `shape_defaults` (the profiling input shape keys a
-    suite may override, e.g. {"seq_len": 32}).
+    Subclasses set `kind` ("transformer", "joint", "cnn", "encdec", "features", "rnn"), `modality` (what
+    its inputs are: "text", "image", "video", "features", "text+grid", "image+text"), `hidden_sizes`
+    (width of each hidden state), `width` (width of `last`) and `shape_defaults` (the profiling input
+    shape keys a suite may override, e.g. {"seq_len": 32}).
     """
 
     kind: ClassVar[str]
+    modality: str
     shape_defaults: dict[str, int]
     hidden_sizes: tuple[int, ...]
     width: int

@@ -49,8 +49,6 @@ def minilm_path() -> str:
     default_weights="packaged",
 )
 def minilm_l6(weights: str = "random") -> HFEncoder:
-    if weights == "packaged":
-        weights = minilm_path()
     return bert(BertConfig.from_pretrained(minilm_path()), weights)
 
 

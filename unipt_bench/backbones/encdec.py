@@ -116,6 +116,7 @@ class MDETR(Backbone):
     the decoder's; `blocks()` are their 12 layers (what `partial` with unfreeze_last=12 trains)."""
 
     kind: ClassVar[str] = "encdec"
+    modality = "image+text"
 
     def __init__(self, vision: ResNetStages, text: HFEncoder, width: int = 256, heads: int = 8, ffn: int = 2048,
                  layers: int = 6, queries: int = 100, image_size: tuple[int, int] = (800, 1088),

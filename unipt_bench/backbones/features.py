@@ -13,6 +13,7 @@ class RegionFeatures(Backbone):
     """No parameters: the 'backbone' output is the detector's region features, [B, R, D] with D = 2048."""
 
     kind: ClassVar[str] = "features"
+    modality = "features"
 
     def __init__(self, dim: int, regions: int) -> None:
         super().__init__()

@@ -18,6 +18,7 @@ class BiGRUText(Backbone):
     """
 
     kind: ClassVar[str] = "rnn"
+    modality = "text"
 
     def __init__(self, vocab_size: int, word_dim: int, width: int) -> None:
         super().__init__()

@@ -64,6 +64,7 @@ class HFEncoder(Backbone):
         super().__init__()
         self.model = model
         self.layout = layout
+        self.modality = layout.modality
         cfg = model.config
         self.num_layers: int = cfg.num_hidden_layers
         self.num_heads: int = cfg.num_attention_heads

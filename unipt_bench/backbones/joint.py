@@ -28,6 +28,7 @@ class JointEncoder(HFEncoder):
 
     def __init__(self, model: BertModel, visual_dim: int, seq_len: int, grid: int) -> None:
         super().__init__(model, BERT_LAYOUT)
+        self.modality = "text+grid"
         width = model.config.hidden_size
         self.visual = nn.Sequential(nn.Linear(visual_dim, width), nn.LayerNorm(width))
         self.visual_positions = nn.Embedding(MAX_GRID, width)

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import timm
 import torch
-from timm.models.resnet import Bottleneck, ResNet
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
 from ..errors import UserError
@@ -20,6 +20,7 @@ class ResNetStages(Backbone):
     """
 
     kind: ClassVar[str] = "cnn"
+    modality = "image"
 
     def __init__(self, net: ResNet, image_size: int) -> None:
         super().__init__()
@@ -78,6 +79,13 @@ def timm_resnet(name: str, weights: str) -> ResNet:
 )
 def resnext101_32x8d(weights: str = "random") -> ResNetStages:
     return ResNetStages(timm_resnet("resnext101_32x8d", weights), image_size=512)
+
+
+@register_backbone("resnet-small", "ResNet with one basic block per stage, 32-256 channels (1.2M), for 64px images")
+def resnet_small(weights: str = "random") -> ResNetStages:
+    if weights != "random":
+        raise UserError("resnet-small has no pretrained weights; it trains from random initialisation")
+    return ResNetStages(ResNet(BasicBlock, (1, 1, 1, 1), stem_width=32, channels=(32, 64, 128, 256)), image_size=64)
 
 
 @register_backbone("tiny-resnext", "ResNeXt with one block per stage, 32-256 channels, 64px, for tests", tiny=True)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..backbones.base import Backbone
 from ..configurable import Configurable
+from ..errors import UserError
 from ..registry import Registry
 
 TASKS: Registry[type[Task]] = Registry("task")
@@ -60,7 +62,7 @@ class Task(Configurable):
 
     kind_label = "task"
     recipe: ClassVar[Recipe]
-    tower_count: ClassVar[int | None] = None  # None: any number
+    tower_count: ClassVar[int | None] = None  # None: see check_towers
 
     @property
     def out_dim(self) -> int:
@@ -69,6 +71,15 @@ class Task(Configurable):
 
     def build(self, towers: dict[str, Tower]) -> TaskModel:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def check_towers(self, count: int) -> None:
+        """Raise a UserError when the task cannot take `count` towers."""
+        if self.tower_count is not None and count != self.tower_count:
+            raise UserError(f"task {self.name!r} needs {self.tower_count} towers, found {count}")
+
+    def load_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> Any:
+        """Real training data for `spec` (a TrainSpec), feeding towers by their modalities."""
+        raise UserError(f"task {self.name!r} cannot train on real data yet; profile it instead")
 
     def example_targets(self, batch: int) -> dict[str, torch.Tensor]:
         """Training targets shaped like one real batch (batch["targets"]); empty when the loss needs none."""

@@ -9,6 +9,8 @@ Loss: hinge triplet with hardest negatives (VSE++), or symmetric InfoNCE (CLIP4C
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -99,8 +101,12 @@ class RetrievalModel(TaskModel):
         self.tuned = tuple(name for name, t in towers.items() if t.tuned)
         self.task = task
 
+    def encode(self, name: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One tower's L2-normalised embeddings [B, E]."""
+        return self.heads[name](self.towers[name](inputs))
+
     def embed(self, batch: dict[str, dict[str, torch.Tensor]]) -> list[torch.Tensor]:
-        return [self.heads[name](self.towers[name](batch[name])) for name in self.towers]
+        return [self.encode(name, batch[name]) for name in self.towers]
 
     def forward(self, batch: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
         a, b = self.embed(batch)
@@ -135,6 +141,11 @@ class Retrieval(Task):
 
     def build(self, towers: dict[str, Tower]) -> RetrievalModel:
         return RetrievalModel(towers, self)
+
+    def load_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> Any:
+        from .retrieval_data import RetrievalData
+
+        return RetrievalData(spec, data_root, seed, modalities)
 
 
 @register_task("video-retrieval")

@@ -1,19 +1,27 @@
-"""Visual question answering as multi-label classification over an answer vocabulary (VQAv2, GQA).
+"""Visual question answering as multi-label classification over an answer vocabulary (VQAv2, GQA, easy-vqa).
 
-The joint transformer's first token ([CLS]) feeds LXMERT's answer head: Linear(D, 2D) -> GELU ->
-LayerNorm -> Linear(2D, answers). Loss: binary cross-entropy against soft scores
-(min(#annotators who gave the answer / 3, 1)), times the number of answers, as LXMERT and CLIP-ViL do.
+One joint tower (CLIP-ViL): its first token ([CLS]) feeds LXMERT's answer head, Linear(D, 2D) -> GELU
+-> LayerNorm -> Linear(2D, answers). Two towers (a question encoder and an image encoder): each is
+pooled and projected to the hidden width, and their product feeds the same head (late fusion).
+Loss: binary cross-entropy against soft scores (min(#annotators who gave the answer / 3, 1)), times
+the number of answers, as LXMERT and CLIP-ViL do.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..backbones.base import BackboneOutput
+from ..errors import UserError
 from .base import Recipe, Task, TaskModel, Tower, register_task
+from .pooling import make_pooling
 
 
 class AnswerHead(nn.Module):
@@ -27,18 +35,40 @@ class AnswerHead(nn.Module):
         return self.net(cls)
 
 
+class PooledProjection(nn.Module):
+    """One tower of a late-fusion model: pool its tokens, project to the fusion width."""
+
+    def __init__(self, width: int, hidden: int, pooling: str) -> None:
+        super().__init__()
+        self.pool = make_pooling(pooling)
+        self.proj = nn.Linear(width, hidden)
+
+    def forward(self, out: BackboneOutput) -> torch.Tensor:
+        return self.proj(self.pool(out.last, out.mask))  # [B, hidden]
+
+
 class VQAModel(TaskModel):
     def __init__(self, towers: dict[str, Tower], task: VQA) -> None:
         super().__init__()
-        (name, tower), = towers.items()
-        self.name = name
-        self.towers = nn.ModuleDict({name: tower.module})
-        self.heads = nn.ModuleDict({name: AnswerHead(tower.width, task.num_answers)})
-        self.tuned = (name,) if tower.tuned else ()
+        self.towers = nn.ModuleDict({name: t.module for name, t in towers.items()})
+        self.tuned = tuple(name for name, t in towers.items() if t.tuned)
+        if len(towers) == 1:  # a joint transformer: its [CLS] token answers
+            (name, tower), = towers.items()
+            self.heads = nn.ModuleDict({"answer": AnswerHead(tower.width, task.num_answers)})
+        else:
+            hidden = task.hidden_dim
+            self.heads = nn.ModuleDict(
+                {name: PooledProjection(t.width, hidden, t.pooling or "mean") for name, t in towers.items()}
+            )
+            self.heads["answer"] = AnswerHead(hidden, task.num_answers)
 
     def logits(self, batch: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
-        out = self.towers[self.name](batch[self.name])
-        return self.heads[self.name](out.last[:, 0])  # [B, answers]
+        outs = {name: tower(batch[name]) for name, tower in self.towers.items()}
+        if len(outs) == 1:
+            (out,) = outs.values()
+            return self.heads["answer"](out.last[:, 0])  # [B, answers]
+        fused = math.prod(self.heads[name](out) for name, out in outs.items())  # [B, hidden]
+        return self.heads["answer"](fused)
 
     def forward(self, batch: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
         logits = self.logits(batch)
@@ -49,12 +79,15 @@ class VQAModel(TaskModel):
 @register_task("vqa")
 @dataclass
 class VQA(Task):
-    """VQAv2 on a joint cross-modal transformer (CLIP-ViL recipe)."""
+    """VQAv2 on a joint cross-modal transformer (CLIP-ViL recipe), or a question and an image tower."""
 
     recipe = Recipe(lr=5e-4, weight_decay=0.01, grad_clip=1.0)  # CLIP-ViL VQA: AdamW, warm-up 5%, clip 1.0
-    tower_count = 1
     num_answers: int = 3129  # VQAv2 answers seen at least 9 times (LXMERT's vocabulary)
-    hidden_dim: int = 768  # width side methods project to: the joint transformer's width
+    hidden_dim: int = 768  # width side methods project to (the joint transformer's), and the fusion width
+
+    def check_towers(self, count: int) -> None:
+        if count not in (1, 2):
+            raise UserError(f"{self.name}: one joint tower or a question and an image tower, not {count}")
 
     @property
     def out_dim(self) -> int:
@@ -62,6 +95,11 @@ class VQA(Task):
 
     def build(self, towers: dict[str, Tower]) -> VQAModel:
         return VQAModel(towers, self)
+
+    def load_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> Any:
+        from .vqa_data import VQAData
+
+        return VQAData(spec, data_root, seed, modalities)
 
     def example_targets(self, batch: int) -> dict[str, torch.Tensor]:
         return {"scores": torch.rand(batch, self.num_answers)}

@@ -1,0 +1,141 @@
+"""Training on real-format data: recall and accuracy rise above chance, the hidden-state cache changes
+nothing but speed, runs are deterministic, and a killed run resumes from its last checkpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from unipt_bench.config import RunSpec, TowerSpec
+from unipt_bench.profile import RunOptions
+from unipt_bench.train import train_run
+
+from .datasets import write_karpathy, write_precomp
+
+
+def spec(method: str, towers: list[TowerSpec], train: dict, task: str = "retrieval", batch: int = 12,
+         task_options: dict | None = None) -> RunSpec:
+    return RunSpec(suite="t", config="c", label=method, method=method, method_options={}, task=task,
+                   task_options=task_options or {"embed_dim": 32, "pooling": "mean", "hardest_negatives": False},
+                   towers=towers, batch=batch, gpus=1, steps=2, seed=0, mode="cpu", train=train)
+
+
+TEXT = TowerSpec("text", "tiny-bert", shape={"seq_len": 8})
+
+
+def run(tmp_path, run_spec: RunSpec, data_root, name: str = "ckpt") -> dict:
+    return train_run(run_spec, RunOptions(data_root=str(data_root), checkpoints=str(tmp_path / name)))
+
+
+@pytest.fixture(scope="module")
+def karpathy(tmp_path_factory):
+    return write_karpathy(tmp_path_factory.mktemp("data") / "flickr30k")
+
+
+@pytest.fixture(scope="module")
+def precomp(tmp_path_factory):
+    return write_precomp(tmp_path_factory.mktemp("data") / "flickr30k")
+
+
+def test_training_on_karpathy_images_beats_chance(tmp_path, karpathy) -> None:
+    towers = [TowerSpec("image", "tiny-clip-vision", tuned=False), TEXT]
+    out = run(tmp_path, spec("full", towers, {"dataset": "flickr30k", "steps": 60, "eval_every": 30}), karpathy.parent)
+    metrics = out["metrics"]
+    assert metrics["data"]["splits"]["test"] == {"images": 6, "captions": 12}
+    assert metrics["test"]["rsum"] > metrics["baseline"]["rsum"]
+    assert metrics["test"]["t2i_r1"] >= 50 and metrics["test"]["i2t_r1"] >= 50  # chance: 1 in 6
+    assert [h["step"] for h in metrics["history"]] == [30, 60]
+    assert out["memory"]["memtracker_real"]["peak_bytes"] > 0 and out["timing"]["step_seconds"] > 0
+
+
+def precomp_spec(method: str, cache: str = "auto", steps: int = 40) -> RunSpec:
+    towers = [TowerSpec("image", "tiny-regions", tuned=False), TEXT]
+    train = {"dataset": "flickr30k", "format": "precomp", "steps": steps, "eval_every": 20, "cache": cache}
+    return spec(method, towers, train)
+
+
+def test_training_on_precomp_features_beats_chance(tmp_path, precomp) -> None:
+    metrics = run(tmp_path, precomp_spec("unipt"), precomp.parent)["metrics"]
+    assert metrics["test"]["rsum"] > metrics["baseline"]["rsum"]
+    assert metrics["test"]["t2i_r1"] > 2 * 100 / 6  # more than twice chance (1 in 6)
+    assert metrics["cache"]["text"]["batch_hits"] > 0  # later steps reused the frozen backbone's states
+
+
+def test_hidden_state_cache_changes_nothing_but_speed(tmp_path, precomp) -> None:
+    cached = run(tmp_path, precomp_spec("unipt", "auto"), precomp.parent, "a")["metrics"]
+    plain = run(tmp_path, precomp_spec("unipt", "off"), precomp.parent, "b")["metrics"]
+    assert cached["cache"]["text"]["rows"] > 0 and plain["cache"] == {}
+    assert cached["history"] == plain["history"]
+    assert cached["test"] == plain["test"] and cached["final_loss"] == plain["final_loss"]
+
+
+def test_training_is_deterministic(tmp_path, precomp) -> None:
+    first = run(tmp_path, precomp_spec("lora", steps=20), precomp.parent, "a")["metrics"]
+    second = run(tmp_path, precomp_spec("lora", steps=20), precomp.parent, "b")["metrics"]
+    assert first["history"] == second["history"] and first["final_loss"] == second["final_loss"]
+
+
+def test_a_completed_checkpoint_is_resumed_not_retrained(tmp_path, precomp) -> None:
+    first = run(tmp_path, precomp_spec("bitfit", steps=20), precomp.parent, "same")
+    again = run(tmp_path, precomp_spec("bitfit", steps=20), precomp.parent, "same")
+    assert again["metrics"]["resumed_from_step"] == 20 and again["timing"]["steps_timed"] == 0
+    assert again["metrics"]["test"] == first["metrics"]["test"]
+
+
+SUITE = """
+name = "resume"
+task = "retrieval"
+task_options = {{ embed_dim = 32, pooling = "mean", hardest_negatives = false }}
+
+[[configs]]
+name = "c"
+batch = 12
+towers = [{{ name = "image", backbone = "tiny-regions", tuned = false }}, {{ name = "text", backbone = "tiny-bert", seq_len = 8 }}]
+train = {{ dataset = "flickr30k", format = "precomp", steps = {steps}, eval_every = 20 }}
+methods = ["partial", "lora"]
+"""
+
+
+def cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.Popen([sys.executable, "-m", "unipt_bench.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+
+
+def test_killed_training_resumes_and_keeps_finished_results(tmp_path, precomp) -> None:
+    suite = tmp_path / "resume.toml"
+    suite.write_text(SUITE.format(steps=300))
+    out = tmp_path / "store"
+    args = ("run", "--suite", str(suite), "--out", str(out), "--data-root", str(precomp.parent), "--mode", "cpu")
+    proc = cli(*args)
+    try:
+        deadline = time.time() + 300
+        while not list(out.glob("resume/c/lora.cpu.*.ckpt/last.pt")):  # partial finished; lora has a checkpoint
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "no checkpoint appeared in time"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # no chance to record anything: a hard kill
+        proc.wait()
+    finished = sorted(out.glob("resume/c/partial.cpu.*.json"))
+    assert len(finished) == 1
+    before = finished[0].read_text()
+    (ckpt,) = out.glob("resume/c/lora.cpu.*.ckpt")
+    import torch
+
+    saved_step = torch.load(ckpt / "last.pt", weights_only=True)["step"]
+    assert 0 < saved_step < 300
+    again = cli(*args)
+    stdout, stderr = again.communicate(timeout=600)
+    assert again.returncode == 0, stderr
+    assert "1 already done" in stdout
+    assert finished[0].read_text() == before  # the finished result is untouched
+    import json
+
+    (result,) = [json.loads(p.read_text()) for p in out.glob("resume/c/lora.cpu.*.json")]
+    assert result["status"] == "ok" and result["metrics"]["resumed_from_step"] >= saved_step

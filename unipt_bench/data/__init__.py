@@ -1,0 +1,1 @@
+"""Real datasets in their published formats, tokenizers and image loading; no downloads."""

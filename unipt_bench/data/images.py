@@ -1,0 +1,28 @@
+"""Image files -> uint8 tensors of a fixed size, and their normalisation for a backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..errors import UserError
+
+MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]  # ImageNet statistics
+STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+
+
+def load_image(path: Path | str, size: int) -> torch.Tensor:
+    """RGB image resized (bilinear) to size x size, as uint8 [3, size, size]."""
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+    return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1).clone()
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float [B, 3, H, W] with ImageNet mean and std."""
+    return (images.float() / 255.0 - MEAN) / STD

@@ -1,0 +1,219 @@
+"""Train one run on real data: AdamW over what trains, warm-up then cosine or step decay, gradient
+clipping, optional AMP, periodic validation keeping the best checkpoint, resume after interruption,
+and the memory trackers on the first steps. Seeded: on the CPU two runs give the same numbers.
+
+The training step is the profiler's (`train_step`); this module adds data, schedule, evaluation and
+checkpoints around it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import ExitStack, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .backbones import create_backbone, weights_source
+from .build import Built, build, module_owner, parameter_counts
+from .cache import HiddenCache
+from .config import RunSpec, TrainSpec
+from .data.inputs import TowerInputs
+from .errors import UserError
+from .memory.base import Trackers
+from .memory.cpu import RssTracker
+from .memory.cuda import CudaTracker
+from .memory.estimate import TensorMemoryTracker
+from .methods.base import SideTuned
+from .profile import NullTracker, RunOptions, make_optimizer, protocol, train_step
+from .tasks import TASKS
+from .tasks.vqa_data import to_device
+
+TRACKED_STEPS = 2  # steps traced by the tensor tracker on the CPU (it slows steps 8-10x)
+
+
+def tower_modalities(spec: RunSpec) -> dict[str, str]:
+    """Each tower's input modality, from backbones built on the meta device (no weights loaded)."""
+    with torch.device("meta"):
+        return {t.name: create_backbone(t.backbone).modality for t in spec.towers}
+
+
+def schedule(train: TrainSpec) -> Callable[[int], float]:
+    """Learning-rate factor per step: linear warm-up, then cosine to 0, a x0.1 step, or constant."""
+    warmup = max(1, round(train.warmup * train.steps)) if train.warmup > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if train.schedule == "cosine":
+            progress = (step - warmup) / max(1, train.steps - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if train.schedule == "step":
+            return 0.1 if step >= train.decay_at * train.steps else 1.0
+        return 1.0
+
+    return factor
+
+
+def batch_rows(size: int, batch: int, step: int, seed: int) -> list[int]:
+    """The rows of training step `step`: epoch e walks a permutation seeded by (seed, e), so any step
+    can be reproduced without replaying the ones before it (what resuming needs)."""
+    per_epoch = size // batch
+    if per_epoch == 0:
+        raise UserError(f"the training split has {size} examples, fewer than one batch of {batch}")
+    epoch, offset = divmod(step, per_epoch)
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return order[offset * batch : (offset + 1) * batch].tolist()
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What training changes: trainable parameters and the saved buffers (BatchNorm statistics)."""
+    keep = {n for n, p in model.named_parameters() if p.requires_grad} | {n for n, _ in model.named_buffers()}
+    return {n: t.detach().cpu().clone() for n, t in model.state_dict().items() if n in keep}
+
+
+def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    missing = model.load_state_dict(state, strict=False)
+    if missing.unexpected_keys:
+        raise UserError(f"checkpoint does not match the model: unexpected {missing.unexpected_keys[:3]}")
+
+
+def attach_caches(built: Built, train: TrainSpec) -> dict[str, HiddenCache]:
+    """A hidden-state cache on every side-method tower, unless switched off (inputs here are never augmented)."""
+    caches = {}
+    if train.cache == "off":
+        return caches
+    for name, tower in built.towers.items():
+        if isinstance(tower.module, SideTuned):
+            tower.module.cache = caches[name] = HiddenCache()
+    return caches
+
+
+def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, Any]], None] = lambda info: None
+              ) -> dict[str, Any]:
+    """Train and test `spec`; returns params, memory, timing, protocol and metrics for its result.
+
+    Data come from options.data_root; checkpoints go to options.checkpoints (resumed when present).
+    """
+    if not options.checkpoints:
+        raise UserError("training needs a checkpoint folder")
+    data_root, checkpoints = Path(options.data_root), Path(options.checkpoints)
+    if spec.mode == "estimate":
+        raise UserError("training needs real tensors: run it with --mode cpu or cuda (auto picks one)")
+    if spec.mode == "cuda" and not torch.cuda.is_available():
+        raise UserError("cuda mode needs a CUDA GPU and none is visible; use --mode cpu")
+    train = TrainSpec.from_options(spec.train)
+    task = TASKS.get(spec.task).from_options(spec.task_options)
+    data = task.load_data(train, data_root, spec.seed, tower_modalities(spec))
+    built = build(RunSpec.from_dict({**spec.to_dict(), "task_options": {**spec.task_options, **data.task_options()}}))
+    device = torch.device("cuda" if spec.mode == "cuda" else "cpu")
+    built.model.to(device)
+    inputs = {t.name: TowerInputs(t, built.towers[t.name].backbone, weights_source(t.backbone, t.weights))
+              for t in spec.towers}
+    caches = attach_caches(built, train)
+    optimizer, params = make_optimizer(built)
+    if train.lr:
+        for group in optimizer.param_groups:
+            group["lr"] = train.lr
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(train))
+    amp = train.amp != "none"
+    if train.amp == "fp16" and spec.mode != "cuda":
+        raise UserError("train.amp = fp16 needs a GPU; use bf16 on the CPU")
+    scaler = torch.amp.GradScaler("cuda") if train.amp == "fp16" else None
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16 if train.amp == "bf16" else torch.float16)) \
+        if amp else nullcontext
+
+    last, best_path = checkpoints / "last.pt", checkpoints / "best.pt"
+    state: dict[str, Any] = {"step": 0, "best": None, "history": [], "resumed_from": None}
+    if last.is_file():
+        saved = torch.load(last, weights_only=True)
+        load_trainable(built.model, saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"])
+        state.update(step=saved["step"], best=saved["best"], history=saved["history"], resumed_from=saved["step"])
+
+    def checkpoint() -> None:
+        save_atomic({"model": trainable_state(built.model), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "step": state["step"],
+                     "best": state["best"], "history": state["history"]}, last)
+
+    def validate() -> None:
+        built.model.eval()
+        with autocast():
+            metrics = data.evaluate(built.model, "val", inputs, train.eval_batch, device)
+        built.model.train()
+        state["history"].append({"step": state["step"], **metrics})
+        score = metrics[data.selection]
+        if state["best"] is None or score > state["best"]["score"]:
+            state["best"] = {"step": state["step"], "score": score}
+            save_atomic({"model": trainable_state(built.model)}, best_path)
+        report({"event": "eval", "step": state["step"], data.selection: score})
+
+    trackers = Trackers(
+        [CudaTracker()] if spec.mode == "cuda"
+        else [TensorMemoryTracker(built.model, optimizer, [], "memtracker_real", module_owner(built.model)), RssTracker()]
+    )
+    # cuda: the allocator counters cost nothing, track every step; cpu: the tensor tracker slows steps
+    # 8-10x, so it sees this process's first steps only (their shapes are every step's shapes)
+    tracked_until = train.steps if spec.mode == "cuda" else state["step"] + TRACKED_STEPS
+    built.model.train()
+    seconds: list[float] = []
+    losses: list[float] = []
+    grad_clip = built.task.recipe.grad_clip
+    sync = torch.cuda.synchronize if spec.mode == "cuda" else (lambda: None)
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        stack.enter_context(trackers)
+        while state["step"] < train.steps:
+            step = state["step"]
+            if step == tracked_until:
+                stack.close()
+            tracked = step < tracked_until
+            rows = batch_rows(data.size("train"), spec.batch, step, spec.seed)
+            batch = to_device(data.batch("train", rows, inputs), device)
+            sync()
+            begin = time.perf_counter()
+            loss = train_step(built.model, batch, optimizer, params, grad_clip, trackers if tracked else NullTracker(),
+                              autocast=autocast, scaler=scaler)
+            losses.append(float(loss))
+            sync()
+            if not tracked or spec.mode == "cuda":
+                seconds.append(time.perf_counter() - begin)
+            scheduler.step()
+            state["step"] += 1
+            report({"event": "step", "step": state["step"], "steps": train.steps, "loss": losses[-1],
+                    "samples_per_s": spec.batch / (time.perf_counter() - begin)})
+            if state["step"] % train.eval_every == 0 or state["step"] == train.steps:
+                validate()
+                checkpoint()
+    train_seconds = time.perf_counter() - started
+    load_trainable(built.model, torch.load(best_path, weights_only=True)["model"])
+    built.model.eval()
+    with autocast():
+        test = data.evaluate(built.model, "test", inputs, train.eval_batch, device)
+    memory = trackers.results()
+    return {
+        "params": parameter_counts(built),
+        "memory": memory,
+        "timing": {"step_seconds": statistics.median(seconds) if seconds else None,
+                   "train_seconds": train_seconds, "steps_timed": len(seconds)},
+        "protocol": {**protocol(spec, built), "train": train.options(), "amp": None if not amp else train.amp},
+        "metrics": {"test": test, "best": state["best"], "history": state["history"], "baseline": data.baseline("test"),
+                    "selection": data.selection, "data": data.describe(), "final_loss": losses[-1] if losses else None,
+                    "resumed_from_step": state["resumed_from"],
+                    "cache": {name: c.stats() for name, c in caches.items()},
+                    "weights": {t.name: weights_source(t.backbone, t.weights) for t in spec.towers}},
+    }
