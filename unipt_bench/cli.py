@@ -327,6 +327,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     table = Table(show_lines=False)
     columns = ["config", "method", "mode", "status", "batch", "trainable", "method params", "head params",
                "peak", "activations", "grads", "optimizer", "step s"]
+    trained = any(r["test_score"] is not None for r in rows)
+    if trained:
+        columns += ["test", "baseline"]
     for col in columns:
         table.add_column(col, justify="left" if col in ("config", "method", "mode", "status") else "right")
     for r in rows:
@@ -337,6 +340,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             human_count(r["trainable_head_params"]), human_bytes(r["peak_bytes"]), human_bytes(r["activations_bytes"]),
             human_bytes(r["grads_bytes"]), human_bytes(r["optimizer_state_bytes"]),
             "-" if step is None else f"{step:.3f}",
+            *([f"{r['metric']} {r['test_score']:.2f}" if r["test_score"] is not None else "-",
+               f"{r['baseline_score']:.2f}" if r["baseline_score"] is not None else "-"] if trained else []),
         )
     Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
 
