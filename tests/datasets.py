@@ -25,7 +25,7 @@ def write_karpathy(root: Path, train_per_color: int = 6, name: str = "dataset_fl
     images = []
     index = 0
     for split, count in (("train", train_per_color), ("val", 1), ("test", 1)):
-        for c, (color, rgb) in enumerate(COLORS.items()):
+        for color, rgb in COLORS.items():
             for k in range(count):
                 filename = f"{split}_{color}_{k}.png"
                 color_image(root / "images" / filename, rgb, seed=index)

@@ -258,7 +258,7 @@ def test_a_failing_profile_becomes_an_error_result(tmp_path, spec_factory, monke
     """An exception inside profiling is a result: status error, a one-line message, the traceback in detail."""
     import unipt_bench.profile
 
-    def boom(spec):
+    def boom(spec, options=None):
         raise RuntimeError("shapes do not match\nsecond line of detail")
 
     monkeypatch.setattr(unipt_bench.profile, "profile", boom)
@@ -278,7 +278,7 @@ def test_out_of_memory_becomes_an_oom_result(tmp_path, spec_factory, monkeypatch
 
     import unipt_bench.profile
 
-    def oom(spec):
+    def oom(spec, options=None):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
 
     monkeypatch.setattr(unipt_bench.profile, "profile", oom)
@@ -296,7 +296,7 @@ def test_ctrl_c_records_interrupted_and_reraises(tmp_path, spec_factory, monkeyp
 
     calls = []
 
-    def interrupt_second(spec):
+    def interrupt_second(spec, options=None):
         calls.append(spec.label)
         if spec.label == "lora":
             raise KeyboardInterrupt
