@@ -45,12 +45,12 @@ def cli() -> None:
 @click.argument("what", type=click.Choice(["all", "suites", "backbones", "methods", "tasks"]), default="all")
 def list_cmd(what: str) -> None:
     """List built-in suites, backbones, methods and tasks."""
-    from .config import builtin_suites
+    from .config import builtin_suites, suite_description_of
 
     if what in ("all", "suites"):
         click.echo("suites:")
         for name, path in sorted(builtin_suites().items()):
-            click.echo(f"  {name:<14} {suite_description(path)}")
+            click.echo(f"  {name:<14} {suite_description_of(path)}")
     if what in ("all", "backbones"):
         from .backbones import BACKBONES
 
@@ -72,15 +72,6 @@ def list_cmd(what: str) -> None:
         click.echo("tasks:")
         for name in TASKS.names():
             click.echo(f"  {name:<10} {(TASKS.get(name).__doc__ or '').strip().splitlines()[0]}")
-
-
-def suite_description(path: Any) -> str:
-    import tomllib
-
-    try:
-        return str(tomllib.loads(path.read_text(encoding="utf-8")).get("description", "")).splitlines()[0]
-    except (tomllib.TOMLDecodeError, IndexError):
-        return ""
 
 
 def resolve_mode(mode: str, trains: bool = False) -> tuple[str, str]:
@@ -205,7 +196,8 @@ def summarize(suite: str, results: list, out: str) -> None:
 @cli.command()
 @click.option("--suite", required=True, help="Suite name (as stored).")
 @out_option
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]), default="table",
+              show_default=True)
 def results(suite: str, out: str, fmt: str) -> None:
     """Show the newest result of every run of a suite (bytes and raw counts in csv/json)."""
     from .results import ResultStore
@@ -224,6 +216,8 @@ def results(suite: str, out: str, fmt: str) -> None:
 
         # nullable dtypes keep counts integral where some rows (not applicable, errors) have none
         click.echo(pd.DataFrame(rows).convert_dtypes().to_csv(index=False), nl=False)
+    elif fmt == "markdown":
+        click.echo(markdown_table(rows))
     else:
         print_table(rows)
 
@@ -307,6 +301,49 @@ def selfcheck(gpu: bool, methods: str | None, out: str) -> None:
         sys.exit(1)
 
 
+@cli.command()
+@click.option("--suite", required=True, help="Suite name (as stored) or suite file.")
+@click.option("--results", "results_dir", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False),
+              help="Result store folder.")
+@click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
+              help="HTML file to write (default: reports/<suite>.html).")
+def report(suite: str, results_dir: str, out_file: str | None) -> None:
+    """Render one self-contained HTML report of a suite's stored results."""
+    from .report.render import render_report, suite_description
+    from .results import ResultStore, write_atomic
+
+    name = suite_name(suite)
+    found = list(ResultStore(results_dir).latest(name).values())
+    if not found:
+        raise UserError(f"no results for suite {name!r} in {results_dir}; run: unipt-bench run --suite {suite}")
+    path = Path(out_file or f"reports/{name}.html")
+    write_atomic(path, render_report(name, found, results_dir, suite_description(found)))
+    click.echo(f"wrote {path} ({len(found)} results)")
+
+
+@cli.command()
+@click.option("--results", "results_dir", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False),
+              help="Result store folder.")
+@click.option("--out-dir", default="reports", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for index.html and every suite's report.")
+def leaderboard(results_dir: str, out_dir: str) -> None:
+    """Render an index page across every suite in the store, linking each suite's report (also rendered)."""
+    from .report.render import render_leaderboard, render_report, suite_description
+    from .results import ResultStore, write_atomic
+
+    store = ResultStore(results_dir)
+    suites = store.suites()
+    if not suites:
+        raise UserError(f"no results in {results_dir}; run a suite first: unipt-bench run --suite quickstart")
+    rows = []
+    for name in suites:
+        found = sorted(store.latest(name).values(), key=lambda r: (r.spec["order"], r.spec["mode"]))
+        write_atomic(Path(out_dir) / f"{name}.html", render_report(name, found, results_dir, suite_description(found)))
+        rows += [r.row() for r in found]
+    write_atomic(Path(out_dir) / "index.html", render_leaderboard(rows, suites, results_dir))
+    click.echo(f"wrote {out_dir}/index.html and {len(suites)} suite reports")
+
+
 def suite_name(suite: str) -> str:
     """Accept a suite path as well as a name: stored results are keyed by the suite's name."""
     if suite.endswith(".toml"):
@@ -318,6 +355,18 @@ def suite_name(suite: str) -> str:
         except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:
             raise UserError(f"cannot read the suite name from {suite}: {exc}") from None
     return suite
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """A GitHub-flavoured Markdown table of the main columns (sizes in human units)."""
+    header = ["config", "method", "mode", "status", "batch", "trainable", "peak", "counter", "test"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        test = f"{r['metric']} {r['test_score']:.2f}" if r.get("test_score") is not None else ""
+        cells = [r["config"], r["method"], r["mode"], r["status"], str(r["batch"]), human_count(r["trainable_params"]),
+                 human_bytes(r["peak_bytes"]), r["counter"] or "", test]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

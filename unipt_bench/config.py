@@ -139,6 +139,14 @@ def suites_dir() -> Path:
     raise UserError("the built-in suites folder is missing from this installation")
 
 
+def suite_description_of(path: Path) -> str:
+    """A suite file's one-line description ("" when it has none or cannot be read)."""
+    try:
+        return str(tomllib.loads(path.read_text(encoding="utf-8")).get("description", "")).splitlines()[0]
+    except (OSError, tomllib.TOMLDecodeError, IndexError):
+        return ""
+
+
 def builtin_suites() -> dict[str, Path]:
     return {p.stem: p for p in sorted(suites_dir().glob("*.toml"))}
 

