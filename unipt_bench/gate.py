@@ -1,0 +1,205 @@
+"""Memory regression gates: baselines as stable JSON, comparisons per run and counter, CI outputs.
+
+Estimates are exact and deterministic, so a gate can be tight (even 0%) and never flake. A run is
+compared only with a baseline entry of the same spec digest, protocol and library versions; anything
+else is reported as incomparable rather than judged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+from .errors import UserError
+from .memory.base import CATEGORIES
+from .results import RunResult
+
+SCHEMA = 1
+DEFAULT_METRICS = ("peak_bytes", *(f"{c}_bytes" for c in CATEGORIES), "trainable_params")
+# protocol fields that decide what was measured (threads and timing-only fields do not)
+PROTOCOL_FIELDS = ("mode", "dtype", "amp", "optimizer", "zero_grad", "attention", "attention_dropout",
+                   "batch_per_device", "gpus", "shapes", "tracked_steps", "accumulate", "micro_batches_profiled")
+VERSIONED = ("torch", "transformers", "timm", "peft")
+
+
+def run_metrics(result: RunResult) -> dict[str, int]:
+    row = result.row()
+    return {m: row[m] for m in DEFAULT_METRICS if row.get(m) is not None}
+
+
+def entry(result: RunResult) -> dict[str, Any]:
+    protocol = result.protocol or {}
+    packages = (result.env or {}).get("packages", {})
+    return {
+        "digest": result.digest,
+        "status": result.status,
+        "counter": (result.primary_memory() or {}).get("counter"),
+        "metrics": run_metrics(result),
+        "protocol": {k: protocol.get(k) for k in PROTOCOL_FIELDS if k in protocol},
+        "versions": {k: packages.get(k) for k in VERSIONED},
+        "spec": result.spec,
+    }
+
+
+def make_baseline(suite: str, results: list[RunResult]) -> dict[str, Any]:
+    return {"schema": SCHEMA, "suite": suite,
+            "entries": {r.key: entry(r) for r in sorted(results, key=lambda r: r.key)}}
+
+
+def dump(data: Any) -> str:
+    """Stable, diff-friendly JSON: sorted keys, two-space indent, one trailing newline."""
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def load_baseline(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"no baseline at {path}; create it with: unipt-bench gate ... --update") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a baseline file ({exc})") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("entries"), dict):
+        raise UserError(f"{path}: not a unipt-bench baseline (schema {SCHEMA})")
+    return data
+
+
+@dataclass
+class Change:
+    run: str
+    counter: str
+    metric: str
+    baseline: int | None
+    now: int | None
+    verdict: str  # ok, regression, improvement, incomparable, missing, new
+    reason: str = ""
+
+    @property
+    def delta(self) -> int | None:
+        return None if self.baseline is None or self.now is None else self.now - self.baseline
+
+    @property
+    def relative(self) -> float | None:
+        if self.delta is None or not self.baseline:
+            return None
+        return self.delta / self.baseline
+
+
+def incomparable_reason(old: dict[str, Any], new: dict[str, Any]) -> str:
+    if old["digest"] != new["digest"]:
+        return "the run's spec changed"
+    for key in sorted(set(old["protocol"]) | set(new["protocol"])):
+        if old["protocol"].get(key) != new["protocol"].get(key):
+            return f"protocol differs in {key}: {old['protocol'].get(key)!r} -> {new['protocol'].get(key)!r}"
+    for key in VERSIONED:
+        if old["versions"].get(key) != new["versions"].get(key):
+            return f"{key} {old['versions'].get(key)} -> {new['versions'].get(key)}"
+    if old["status"] != new["status"]:
+        return f"status {old['status']} -> {new['status']}"
+    return ""
+
+
+def compare(baseline: dict[str, Any], results: list[RunResult], tolerance: float,
+            metrics: tuple[str, ...] = DEFAULT_METRICS) -> list[Change]:
+    """Every (run, metric) against the baseline: regression or improvement beyond `tolerance` (relative)."""
+    now = {r.key: entry(r) for r in results}
+    changes: list[Change] = []
+    for key in sorted(set(baseline["entries"]) | set(now)):
+        old, new = baseline["entries"].get(key), now.get(key)
+        if old is None or new is None:
+            changes.append(Change(key, (old or new)["counter"] or "", "*", None, None,
+                                  "new" if old is None else "missing",
+                                  "not in the baseline" if old is None else "no current result"))
+            continue
+        reason = incomparable_reason(old, new)
+        if reason:
+            changes.append(Change(key, new["counter"] or "", "*", None, None, "incomparable", reason))
+            continue
+        for metric in metrics:
+            before, after = old["metrics"].get(metric), new["metrics"].get(metric)
+            if before is None and after is None:
+                continue
+            change = Change(key, new["counter"] or "", metric, before, after, "ok")
+            if before is None or after is None:
+                change.verdict, change.reason = "incomparable", "metric missing on one side"
+            elif after > before * (1 + tolerance) and after != before:
+                change.verdict = "regression"
+            elif after < before * (1 - tolerance) and after != before:
+                change.verdict = "improvement"
+            changes.append(change)
+    return changes
+
+
+def failed(changes: list[Change], strict: bool) -> bool:
+    bad = {"regression", "missing"} | ({"improvement"} if strict else set())
+    return any(c.verdict in bad for c in changes)
+
+
+def human(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n:,}"
+
+
+def markdown(suite: str, changes: list[Change], tolerance: float, strict: bool) -> str:
+    verdicts = {v: sum(c.verdict == v for c in changes) for v in
+                ("regression", "improvement", "ok", "incomparable", "missing", "new")}
+    status = "FAILED" if failed(changes, strict) else "passed"
+    lines = [f"### unipt-bench memory gate: {suite} {status}", "",
+             f"Tolerance {tolerance:.2%}{', strict' if strict else ''}: "
+             + ", ".join(f"{n} {v}" for v, n in verdicts.items() if n), ""]
+    shown = [c for c in changes if c.verdict != "ok"]
+    if not shown:
+        lines.append("Every compared figure is within the tolerance.")
+        return "\n".join(lines) + "\n"
+    lines += ["| run | counter | metric | baseline | now | delta | verdict |", "|---|---|---|---:|---:|---:|---|"]
+    for c in shown:
+        delta = "-" if c.delta is None else f"{c.delta:+,} ({c.relative:+.2%})" if c.relative is not None else f"{c.delta:+,}"
+        verdict = c.verdict + (f": {c.reason}" if c.reason else "")
+        lines.append(f"| {c.run} | {c.counter} | {c.metric} | {human(c.baseline)} | {human(c.now)} | {delta} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def junit(suite: str, changes: list[Change], strict: bool) -> str:
+    """JUnit XML: one test case per run; a failure per regressed (or, strict, improved) figure."""
+    runs: dict[str, list[Change]] = {}
+    for c in changes:
+        runs.setdefault(c.run, []).append(c)
+    bad = {"regression", "missing"} | ({"improvement"} if strict else set())
+    cases, failures, skipped = [], 0, 0
+    for run, items in runs.items():
+        config, _, rest = run.partition("/")
+        name = quoteattr(rest or run)
+        problems = [c for c in items if c.verdict in bad]
+        skip = [c for c in items if c.verdict in ("incomparable", "new")]
+        body = ""
+        if problems:
+            failures += 1
+            text = "\n".join(f"{c.metric}: {human(c.baseline)} -> {human(c.now)} ({c.verdict}{': ' + c.reason if c.reason else ''})"
+                             for c in problems)
+            message = quoteattr(f"{len(problems)} figure(s): " + ", ".join(f"{c.metric} {c.verdict}" for c in problems))
+            body = f"<failure message={message} type=\"memory-regression\">{escape(text)}</failure>"
+        elif skip:
+            skipped += 1
+            body = f"<skipped message={quoteattr(skip[0].reason or skip[0].verdict)}/>"
+        cases.append(f'    <testcase classname={quoteattr(f"{suite}.{config}")} name={name}>{body}</testcase>')
+    head = (f'<?xml version="1.0" encoding="UTF-8"?>\n<testsuites>\n'
+            f'  <testsuite name={quoteattr(f"unipt-bench gate: {suite}")} tests="{len(runs)}" failures="{failures}" '
+            f'errors="0" skipped="{skipped}">\n')
+    return head + "\n".join(cases) + "\n  </testsuite>\n</testsuites>\n"
+
+
+def benchmark_json(results: list[RunResult], metrics: tuple[str, ...] = ("peak_bytes",)) -> str:
+    """github-action-benchmark's customSmallerIsBetter format: [{name, unit, value, extra}]."""
+    out = []
+    for r in sorted(results, key=lambda r: r.key):
+        values = run_metrics(r)
+        for metric in metrics:
+            if metric in values:
+                out.append({"name": f"{r.spec['suite']}/{r.key} {metric}",
+                            "unit": "bytes" if metric.endswith("bytes") else "count",
+                            "value": values[metric],
+                            "extra": f"counter {(r.primary_memory() or {}).get('counter')}; status {r.status}"})
+    return dump(out)
