@@ -10,7 +10,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from .. import __version__
-from ..results import ResultStore, RunResult
+from ..results import RunResult
 from .views import table_views
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -62,7 +62,3 @@ def suite_description(results: list[RunResult]) -> str:
     suite = results[0].spec["suite"] if results else ""
     path = builtin_suites().get(suite)
     return suite_description_of(path) if path else ""
-
-
-def latest_results(store: ResultStore, suite: str) -> list[RunResult]:
-    return list(store.latest(suite).values())
