@@ -255,8 +255,8 @@ def fit(suite: str, budget: str, mode: str, methods: str | None, limit: int, out
                 continue
             line = (f"{human_bytes(fitted.fixed_bytes)} + {human_bytes(round(fitted.bytes_per_sample))}/sample"
                     if fitted.bytes_per_sample else "no line (peak did not grow with the batch)")
-            click.echo(f"  {spec.config + '/' + spec.label:<24} max batch {fitted.max_batch or 'none':>6}  {line}"
-                       f"  ({len(fitted.probes)} probes)")
+            best = f">={limit} (the --limit)" if fitted.max_batch == limit else str(fitted.max_batch or "none")
+            click.echo(f"  {spec.config + '/' + spec.label:<24} max batch {best:>6}  {line}  ({len(fitted.probes)} probes)")
             record = {"spec": spec.to_dict(), "mode": mode, "finished": now(), **fitted.to_dict()}
             path = Path(out) / "_fits" / loaded.name / spec.config / f"{spec.label}.{mode}.{now().replace(':', '')}.json"
             write_atomic(path, json.dumps(record, indent=2, sort_keys=True))

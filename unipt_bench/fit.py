@@ -66,7 +66,7 @@ def fit_batch(measure: Callable[[int], int | None], budget: int, start: int, lim
     if a is not None and b is not None and b > a:  # the line through the two probes predicts the answer
         result.bytes_per_sample = (b - a) / (large - small)
         result.fixed_bytes = round(a - result.bytes_per_sample * small)
-        guess = int((budget - result.fixed_bytes) // result.bytes_per_sample)
+        guess = min(limit, int((budget - result.fixed_bytes) // result.bytes_per_sample))
         for candidate in (guess, guess + 1):
             if bounds["good"] < candidate < bounds["bad"]:
                 probe(candidate)
