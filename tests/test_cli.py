@@ -261,7 +261,7 @@ def test_stored_result_files(smoke):
                 assert type(counter["peak_bytes"]) is int and counter["peak_bytes"] > 0
                 assert all(type(v) is int for v in counter["by_category"].values())
                 assert counter["peak_bytes"] == sum(counter["by_category"].values())
-                assert set(counter["by_phase"]) == {"forward", "backward", "optimizer"}
+                assert set(counter["by_phase"]) == {"forward", "backward", "optimizer", "evaluation"}
                 assert len(counter["step_peak_bytes"]) == spec.steps
         else:
             assert data["status"] == "not_applicable" and data["memory"] is None

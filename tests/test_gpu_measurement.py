@@ -215,3 +215,86 @@ def test_fit_command_in_estimate_mode(tmp_path) -> None:
     peaks = {p["batch"]: p["peak_bytes"] for p in record["probes"]}
     assert peaks[record["max_batch"]] <= record["budget_bytes"]
     assert record["max_batch"] == 64 or peaks.get(record["max_batch"] + 1, 2**62) > record["budget_bytes"]
+
+
+def test_calibration_can_leave_the_cublas_workspace_out(spec_factory) -> None:
+    spec = spec_factory("unipt", mode="cuda")
+    peak = calibrate(spec, measured=1)["estimate_peak_bytes"]
+    cal = calibrate(spec, measured=peak + 4096, workspace=4096)
+    assert cal["library_workspace_bytes"] == 4096
+    assert cal["ratio"] == pytest.approx(peak / (peak + 4096))
+    assert cal["ratio_without_workspace"] == 1.0
+    assert calibrate(spec, measured=peak)["ratio_without_workspace"] is None  # workspace unknown
+
+
+@pytest.mark.skipif(not NO_GPU, reason="checks the no-GPU path")
+def test_library_workspace_is_unknown_without_a_gpu() -> None:
+    from unipt_bench.memory.cuda import library_workspace_bytes
+
+    assert library_workspace_bytes() is None
+
+
+def test_selfcheck_rows_give_the_ratio_with_and_without_the_workspace() -> None:
+    from unipt_bench.selfcheck import Comparison
+
+    row = Comparison("s/c/m", estimate=97, measured=110, status="ok", workspace=10)
+    assert row.ratio == pytest.approx(97 / 110) and not row.within(0.03)
+    assert row.ratio_without_workspace == pytest.approx(0.97)
+    assert Comparison("s/c/m", 97, 110, "ok").ratio_without_workspace is None
+
+
+def test_overhead_is_the_ratio_of_medians() -> None:
+    from unipt_bench.overhead import Overhead
+
+    result = Overhead(untracked=[1.0, 2.0, 1.0], tracked=[1.01, 0.5, 1.02])
+    assert (result.untracked_median, result.tracked_median) == (1.0, 1.01)
+    assert result.percent == pytest.approx(1.0)
+
+
+def test_overhead_interleaves_untracked_and_tracked_steps(spec_factory) -> None:
+    """The overhead measurement up to where CUDA is needed: real steps, the cuda trackers with injected readers."""
+    from tests.test_trackers import FakeStats, reading
+    from unipt_bench.memory.base import Trackers
+    from unipt_bench.memory.cuda import CudaTracker
+    from unipt_bench.overhead import measure_overhead
+
+    made: list[Trackers] = []
+
+    def trackers() -> Trackers:
+        cuda = CudaTracker(FakeStats([reading(100, 200, 100)] * 3))
+        made.append(Trackers([cuda, NvmlTracker(ScriptedReader([5], [3]), interval=0.001)]))
+        return made[-1]
+
+    result = measure_overhead(spec_factory("unipt", mode="cpu"), rounds=3, trackers=trackers)
+    assert len(result.untracked) == len(result.tracked) == 3 and len(made) == 3
+    assert all(t > 0 for t in result.untracked + result.tracked)
+    for each in made:  # each tracked round: a fresh set, one step of three phases, the sampler stopped
+        cuda, nvml = each.results()["cuda_allocator"], each.results()["nvml"]
+        assert cuda["step_peak_bytes"] == [100] and set(cuda["by_phase"]) == {"forward", "backward", "optimizer"}
+        assert nvml["available"] and nvml["samples"] >= 2
+    with pytest.raises(ValueError, match="real kernels"):
+        measure_overhead(spec_factory("unipt", mode="estimate"))
+
+
+def test_selfcheck_gpu_prints_both_ratios_and_the_overhead(monkeypatch) -> None:
+    """The --gpu command's own work, with the GPU parts replaced: the table, the verdicts, the overhead line."""
+    from click.testing import CliRunner
+
+    from unipt_bench import cli as cli_module
+    from unipt_bench import overhead, selfcheck
+    from unipt_bench.overhead import Overhead
+    from unipt_bench.selfcheck import Comparison
+
+    rows = [Comparison("flickr30k/t5-bert/unipt", 1000, 1010, "ok", 8),
+            Comparison("smoke/bert/unipt", 50, 100, "ok", 48)]
+    monkeypatch.setattr(cli_module, "resolve_mode", lambda mode, trains=False: (mode, ""))
+    monkeypatch.setattr(selfcheck, "run_selfcheck", lambda gpu, methods, store, run: (rows, 0.03))
+    monkeypatch.setattr(overhead, "measure_overhead", lambda spec, rounds: Overhead([0.1] * rounds, [0.1005] * rounds))
+    done = CliRunner().invoke(cli_module.cli, ["selfcheck", "--gpu", "--overhead-rounds", "4"])
+    assert done.exit_code == 1, done.output  # one run misses the 3% goal
+    lines = done.output.splitlines()
+    assert "cuBLAS ws" in lines[0] and "w/o ws" in lines[0]
+    assert lines[1].split()[-5:] == ["0.9901", "8", "B", "0.9980", "ok"]
+    assert lines[2].split()[-5:] == ["0.5000", "48", "B", "0.9615", "MISS"]  # the verdict is on the raw ratio
+    assert "1 of 2 within 3.0% of max_memory_allocated" in done.output
+    assert "flickr30k/t5-bert/unipt" in lines[-2] and "overhead +0.50%" in lines[-1]

@@ -49,6 +49,45 @@ def test_result_parts_are_consistent(spec_factory) -> None:
     assert out["timing"]["step_seconds"] is None  # fake tensors run no kernels
 
 
+def test_evaluation_phase_follows_the_steps_without_gradients(spec_factory) -> None:
+    mem = profile(spec_factory("bitfit"))["memory"]["memtracker_fake"]
+    evaluation, forward = mem["by_phase"]["evaluation"], mem["by_phase"]["forward"]
+    assert evaluation["by_category"]["grads"] == 0  # zero_grad(set_to_none) ran before it
+    assert 0 < evaluation["peak_bytes"] < forward["peak_bytes"]  # nothing is saved for a backward
+    assert len(mem["step_peak_bytes"]) == 2  # the evaluation is not a step
+
+
+def test_tensor_tracker_follows_a_no_grad_forward_given_a_parameter_view() -> None:
+    """Under no_grad, a view of a parameter requires grad yet has no grad_fn; MemTracker's module
+    tracker used to fail on it (a DETR-style query embedding expanded over the batch)."""
+    import torch
+    from torch import nn
+
+    from unipt_bench.memory.estimate import TensorMemoryTracker
+
+    class Add(nn.Module):
+        def forward(self, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+            return x + q
+
+    class Queries(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.query = nn.Parameter(torch.zeros(8, 16))
+            self.add = Add()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, 8, 16]
+            return self.add(x, self.query[None].expand(x.shape[0], -1, -1))
+
+    model, x = Queries(), torch.randn(4, 8, 16)
+    tracker = TensorMemoryTracker(model, torch.optim.AdamW(model.parameters()), [x], "memtracker_real")
+    with tracker:
+        tracker.mark("evaluation")
+        with torch.no_grad():
+            out = model(x)
+    evaluation = tracker.result()["by_phase"]["evaluation"]
+    assert evaluation["peak_bytes"] >= 4 * (model.query.numel() + x.numel() + out.numel())
+
+
 def test_cpu_mode_times_steps_and_reads_rss(spec_factory) -> None:
     out = profile(spec_factory("lora", mode="cpu"))
     assert out["timing"]["step_seconds"] > 0 and len(out["timing"]["step_seconds_all"]) == 3

@@ -114,6 +114,26 @@ def test_cuda_tracker_without_steps_reports_zeros():
     assert (result["num_alloc_retries"], result["num_ooms"]) == (0, 0)
 
 
+def test_cuda_tracker_counts_evaluation_in_the_peak_but_not_in_the_steps():
+    """An evaluation between two steps (validation) has its own phase; step figures stay training-only."""
+    stats = FakeStats([*SCRIPT[:3], reading(900, 1000, 910), *SCRIPT[3:6]])
+    tracker = CudaTracker(stats)
+    with tracker:
+        for step in range(2):
+            for phase in ("forward", "backward", "optimizer"):
+                tracker.mark(phase)
+            tracker.end_step()
+            if step == 0:
+                tracker.mark("evaluation")
+    result = tracker.result()
+    assert result["step_peak_bytes"] == [300, 350]
+    assert result["by_phase"]["evaluation"] == {"max_memory_allocated": 900, "max_memory_reserved": 1000,
+                                               "active_bytes_peak": 910}
+    assert result["peak_bytes"] == 900  # what the run needed to fit, validation included
+    assert [t["phase"] for t in result["trace"]][3] == "evaluation"
+    assert stats.resets == 1 + 7
+
+
 @pytest.mark.parametrize(
     ("values", "expected"),
     [

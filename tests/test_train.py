@@ -74,6 +74,15 @@ def test_hidden_state_cache_changes_nothing_but_speed(tmp_path, precomp) -> None
     assert cached["test"] == plain["test"] and cached["final_loss"] == plain["final_loss"]
 
 
+def test_validation_during_tracked_steps_is_the_evaluation_phase(tmp_path, precomp) -> None:
+    train = {"dataset": "flickr30k", "format": "precomp", "steps": 2, "eval_every": 1, "cache": "off"}
+    towers = [TowerSpec("image", "tiny-regions", tuned=False), TEXT]
+    memory = run(tmp_path, spec("adapter", towers, train), precomp.parent)["memory"]["memtracker_real"]
+    assert set(memory["by_phase"]) == {"forward", "backward", "optimizer", "evaluation"}
+    assert memory["by_phase"]["evaluation"]["by_category"]["grads"] == 0
+    assert len(memory["step_peak_bytes"]) == 2  # validations are not steps
+
+
 def test_training_is_deterministic(tmp_path, precomp) -> None:
     first = run(tmp_path, precomp_spec("lora", steps=20), precomp.parent, "a")["metrics"]
     second = run(tmp_path, precomp_spec("lora", steps=20), precomp.parent, "b")["metrics"]

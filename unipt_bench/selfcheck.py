@@ -13,16 +13,26 @@ CPU_TOLERANCE = 1e-3  # estimate and cpu trace the same kernels: they must agree
 GPU_TOLERANCE = 0.03  # the goal for estimate vs max_memory_allocated
 
 
+OVERHEAD_RUN = ("t5-bert", "unipt")  # flickr30k run whose cuda step time measures the tracking overhead
+
+
 @dataclass
 class Comparison:
     key: str
     estimate: int | None
     measured: int | None
     status: str
+    workspace: int | None = None  # cuBLAS workspace bytes inside `measured` (cuda only)
 
     @property
     def ratio(self) -> float | None:
         return self.estimate / self.measured if self.estimate and self.measured else None
+
+    @property
+    def ratio_without_workspace(self) -> float | None:
+        if self.workspace is None or not self.estimate or not self.measured or self.measured <= self.workspace:
+            return None
+        return self.estimate / (self.measured - self.workspace)
 
     def within(self, tolerance: float) -> bool:
         return self.ratio is not None and abs(self.ratio - 1) <= tolerance
@@ -54,8 +64,16 @@ def compare_gpu(measured: list[RunResult]) -> list[Comparison]:
     for r in measured:
         cal = r.calibration or {}
         rows.append(Comparison(f"{r.spec['suite']}/{r.spec['config']}/{r.spec['label']}",
-                               cal.get("estimate_peak_bytes"), cal.get("measured_peak_bytes"), r.status))
+                               cal.get("estimate_peak_bytes"), cal.get("measured_peak_bytes"), r.status,
+                               cal.get("library_workspace_bytes")))
     return rows
+
+
+def overhead_spec() -> RunSpec:
+    """The cuda spec whose step time, with and without trackers, gives the tracking overhead."""
+    config, label = OVERHEAD_RUN
+    (spec,) = [s for s in load_suite("flickr30k").with_mode("cuda") if s.config == config and s.label == label]
+    return spec
 
 
 def run_selfcheck(

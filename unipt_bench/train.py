@@ -135,6 +135,10 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16 if train.amp == "bf16" else torch.float16)) \
         if amp else nullcontext
 
+    trackers = Trackers(
+        [CudaTracker()] if spec.mode == "cuda"
+        else [TensorMemoryTracker(built.model, optimizer, [], "memtracker_real", module_owner(built.model)), RssTracker()]
+    )
     last, best_path = checkpoints / "last.pt", checkpoints / "best.pt"
     state: dict[str, Any] = {"step": 0, "best": None, "history": [], "resumed_from": None}
     if last.is_file():
@@ -150,7 +154,11 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
                      "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "step": state["step"],
                      "best": state["best"], "history": state["history"]}, last)
 
+    tracking = {"open": True}  # whether the trackers still run (cpu closes them after the first steps)
+
     def validate() -> None:
+        if tracking["open"]:
+            trackers.mark("evaluation")
         built.model.eval()
         with autocast():
             metrics = data.evaluate(built.model, "val", inputs, train.eval_batch, device)
@@ -162,10 +170,6 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
             save_atomic({"model": trainable_state(built.model)}, best_path)
         report({"event": "eval", "step": state["step"], data.selection: score})
 
-    trackers = Trackers(
-        [CudaTracker()] if spec.mode == "cuda"
-        else [TensorMemoryTracker(built.model, optimizer, [], "memtracker_real", module_owner(built.model)), RssTracker()]
-    )
     # cuda: the allocator counters cost nothing, track every step; cpu: the tensor tracker slows steps
     # 8-10x, so it sees this process's first steps only (their shapes are every step's shapes)
     tracked_until = train.steps if spec.mode == "cuda" else state["step"] + TRACKED_STEPS
@@ -181,6 +185,7 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
             step = state["step"]
             if step == tracked_until:
                 stack.close()
+                tracking["open"] = False
             tracked = step < tracked_until
             rows = batch_rows(data.size("train"), spec.batch, step, spec.seed)
             batch = to_device(data.batch("train", rows, inputs), device)
@@ -199,11 +204,15 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
             if state["step"] % train.eval_every == 0 or state["step"] == train.steps:
                 validate()
                 checkpoint()
-    train_seconds = time.perf_counter() - started
-    load_trainable(built.model, torch.load(best_path, weights_only=True)["model"])
-    built.model.eval()
-    with autocast():
-        test = data.evaluate(built.model, "test", inputs, train.eval_batch, device)
+        train_seconds = time.perf_counter() - started
+        load_trainable(built.model, torch.load(best_path, weights_only=True)["model"])
+        if spec.mode == "cuda":  # the allocator's counters cost nothing: the test evaluation is tracked too
+            trackers.mark("evaluation")
+        else:  # the tensor tracker would slow the whole test set 8-10x
+            stack.close()
+        built.model.eval()
+        with autocast():
+            test = data.evaluate(built.model, "test", inputs, train.eval_batch, device)
     memory = trackers.results()
     return {
         "params": parameter_counts(built),

@@ -5,15 +5,17 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import Any, Protocol
 
-PHASES = ("forward", "backward", "optimizer")
+TRAINING_PHASES = ("forward", "backward", "optimizer")  # the phases of a training step
+PHASES = (*TRAINING_PHASES, "evaluation")  # evaluation: forward passes without gradients, between or after steps
 CATEGORIES = ("params", "buffers", "grads", "activations", "temporaries", "optimizer_state", "inputs")
 
 
 class Tracker(Protocol):
     """Measures memory while a few training steps run.
 
-    `mark(phase)` starts a phase ("forward", "backward", "optimizer"), `end_step()` closes a step, and
-    `result()` returns a JSON-ready dict of byte counts that names its counter.
+    `mark(phase)` starts a phase (one of PHASES), `end_step()` closes a training step, and `result()`
+    returns a JSON-ready dict of byte counts that names its counter. Per-step figures cover the
+    training phases only: an evaluation between two steps never counts towards the next step's peak.
     """
 
     counter: str

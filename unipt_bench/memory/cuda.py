@@ -1,5 +1,9 @@
 """CUDA caching-allocator peaks per phase: each phase resets the peak counters and reads them at its end.
 
+The allocator's counters are kept on the host: they change when the Python program allocates or
+frees, in program order, not when kernels run. So reading and resetting them needs no
+`torch.cuda.synchronize()`, and tracking adds no GPU stall to a step.
+
 Reads go through a small `CudaStats` object so tests can inject a reader; without a GPU the tracker
 is never built (the runner refuses `cuda` mode with a clear message).
 """
@@ -9,22 +13,22 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from .base import TRAINING_PHASES
+
 
 class CudaStats:
-    """The torch.cuda calls the tracker needs, for one device."""
+    """The torch.cuda calls the tracker needs, for one device (default: torch's current device)."""
 
-    def __init__(self, device: int = 0) -> None:
+    def __init__(self, device: int | None = None) -> None:
         import torch
 
         self.torch = torch
-        self.device = device
+        self.device = torch.cuda.current_device() if device is None else device
 
     def reset_peaks(self) -> None:
-        self.torch.cuda.synchronize(self.device)
         self.torch.cuda.reset_peak_memory_stats(self.device)
 
     def read(self) -> dict[str, int]:
-        self.torch.cuda.synchronize(self.device)
         stats = self.torch.cuda.memory_stats(self.device)
         return {
             "max_memory_allocated": stats.get("allocated_bytes.all.peak", 0),
@@ -42,7 +46,7 @@ def other_processes_bytes() -> tuple[int, str]:
     from .nvml import PynvmlReader, Unavailable
 
     try:
-        reader = PynvmlReader(torch.cuda.current_device())
+        reader = PynvmlReader()
         try:
             return reader.device_used() - reader.process_used(), "by other processes (NVML)"
         except Unavailable:
@@ -52,13 +56,32 @@ def other_processes_bytes() -> tuple[int, str]:
         return total - free, "on the device, this process's CUDA context included (cudaMemGetInfo)"
 
 
+def library_workspace_bytes() -> int | None:
+    """Bytes the cuBLAS/cuBLASLt workspaces hold in the caching allocator (they count in
+    max_memory_allocated but belong to no tensor, so no estimate sees them); None if torch cannot say.
+
+    Measured by releasing them: the next matmul allocates them again.
+    """
+    import torch
+
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is None or not torch.cuda.is_available():
+        return None
+    before = torch.cuda.memory_allocated()
+    clear()
+    return max(0, before - torch.cuda.memory_allocated())
+
+
 def p99(values: list[int]) -> int:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
 
 
 class CudaTracker:
-    """Allocator peaks per phase and per step (max_memory_allocated, reserved, active), plus retries and OOMs."""
+    """Allocator peaks per phase and per step (max_memory_allocated, reserved, active), plus retries and OOMs.
+
+    `peak_bytes` is the highest phase peak, evaluation included: what the run needed to fit.
+    """
 
     counter = "cuda_allocator"
 
@@ -88,7 +111,8 @@ class CudaTracker:
             seen[key] = max(seen.get(key, 0), now[key])
         self.trace.append({"step": len(self.steps), "phase": self.phase, "max_memory_allocated": now["max_memory_allocated"],
                            "max_memory_reserved": now["max_memory_reserved"]})
-        self.step_peak = max(self.step_peak, now["max_memory_allocated"])
+        if self.phase in TRAINING_PHASES:
+            self.step_peak = max(self.step_peak, now["max_memory_allocated"])
         self.phase = None
 
     def mark(self, phase: str) -> None:

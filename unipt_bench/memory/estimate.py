@@ -1,9 +1,10 @@
 """Exact live tensor bytes by category, phase and owner, from PyTorch's MemTracker (torch.distributed._tools).
 
 Works on fake tensors (`estimate` mode: paper-scale models with no GPU and no memory) and on real CPU
-tensors (`cpu` mode). Two workarounds, both for torch 2.13-2.14: frozen parameters get a no-op grad
-hook handle (MemTracker would hook every parameter and fail on frozen ones), and module stats are
-reset before each forward (a second iteration would otherwise raise).
+tensors (`cpu` mode). Three workarounds, all for torch 2.13-2.14: frozen parameters get a no-op grad
+hook handle (MemTracker would hook every parameter and fail on frozen ones), module stats are reset
+before each forward (a second iteration would otherwise raise), and under no_grad the module tracker
+sees detached tensors (see `grad_hooks_only_with_grad`).
 
 Attribution: every activation and temporary is charged, when it is created, to the innermost module
 running (backbone, the method's own modules, the task head, or "other": the loss, clipping and the
@@ -17,10 +18,12 @@ from collections.abc import Callable
 from copy import deepcopy
 from typing import Any
 
+import torch
 from torch import nn, optim
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType, _UpdateType
+from torch.utils._pytree import tree_map_only
 
-from .base import CATEGORIES
+from .base import CATEGORIES, TRAINING_PHASES
 
 TOTAL = "Total"
 CATEGORY_OF = {
@@ -43,6 +46,22 @@ class _NoHook:
         pass
 
 
+def grad_hooks_only_with_grad(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a ModTracker forward hook so that, under no_grad, it sees its tensors detached.
+
+    The hook registers backward hooks on every tensor that requires grad. Under no_grad no backward
+    runs, and a view of a parameter taken there (requires_grad, yet no grad_fn) makes the registration
+    fail. Detaching creates aliases, not bytes, so the count is unchanged.
+    """
+
+    def wrapped(module: nn.Module, *args: Any) -> Any:
+        if torch.is_grad_enabled():
+            return hook(module, *args)
+        return hook(module, *tree_map_only(torch.Tensor, torch.Tensor.detach, args))
+
+    return wrapped
+
+
 class PhasedMemTracker(MemTracker):
     """MemTracker that also keeps the peak snapshot of each phase and the peak of each step.
 
@@ -52,6 +71,9 @@ class PhasedMemTracker(MemTracker):
 
     def __init__(self, owner_of: Callable[[str], str] | None = None) -> None:
         super().__init__()
+        mods = self._mod_tracker
+        mods._fw_pre_hook = grad_hooks_only_with_grad(mods._fw_pre_hook)  # registered on __enter__
+        mods._fw_post_hook = grad_hooks_only_with_grad(mods._fw_post_hook)
         self._by_fqn: dict[str, list[Any]] = {}
         self._indexed = -1
         self.phase: str | None = None
@@ -108,7 +130,8 @@ class PhasedMemTracker(MemTracker):
     def note_peak(self) -> None:
         now = self.current()
         total = now.get(TOTAL, 0)
-        self.step_peak = max(self.step_peak, total)
+        if self.phase in TRAINING_PHASES:
+            self.step_peak = max(self.step_peak, total)
         if self.phase is not None and total > self.phase_peaks.get(self.phase, {}).get(TOTAL, -1):
             self.phase_peaks[self.phase] = deepcopy(now)
 
@@ -175,7 +198,7 @@ class TensorMemoryTracker:
         self.tracker.__exit__(*exc)
 
     def mark(self, phase: str) -> None:
-        if phase == "forward":  # each forward (step or micro-batch) is a new MemTracker iteration
+        if phase in ("forward", "evaluation"):  # each forward (step, micro-batch, evaluation) is a new MemTracker iteration
             self.tracker.reset_mod_stats()
         self.tracker.phase = phase
         self.tracker.note_peak()

@@ -33,9 +33,10 @@ def normalise_uuid(uuid: object) -> str:
 
 
 class PynvmlReader:
-    """Reads one device through nvidia-ml-py, the one whose UUID matches torch's device `index`."""
+    """Reads one device through nvidia-ml-py, the one whose UUID matches torch's device `index`
+    (default: torch's current device)."""
 
-    def __init__(self, index: int = 0) -> None:
+    def __init__(self, index: int | None = None) -> None:
         try:
             import pynvml
             import torch
@@ -43,6 +44,7 @@ class PynvmlReader:
             raise Unavailable(f"nvidia-ml-py is not installed ({exc})") from None
         if not torch.cuda.is_available():
             raise Unavailable("no CUDA device is visible to torch")
+        index = torch.cuda.current_device() if index is None else index
         try:
             pynvml.nvmlInit()
         except pynvml.NVMLError as exc:

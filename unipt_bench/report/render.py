@@ -10,6 +10,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from .. import __version__
+from ..memory.base import PHASES
 from ..results import RunResult
 from .views import table_views
 
@@ -32,7 +33,7 @@ def fmt(value: float | None, pattern: str) -> str:
 def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(fmt=fmt, captions=CAPTIONS, css=(TEMPLATES / "base.css").read_text(encoding="utf-8"),
+    env.globals.update(fmt=fmt, captions=CAPTIONS, phases=PHASES, css=(TEMPLATES / "base.css").read_text(encoding="utf-8"),
                        version=__version__)
     return env
 

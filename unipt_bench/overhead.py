@@ -1,0 +1,75 @@
+"""Tracking overhead: a run's step time with and without its trackers, the two kinds of step interleaved.
+
+Each round times one untracked step, then one step under a fresh set of trackers (entered and exited
+outside the timed region, so the NVML sampler thread runs during the tracked step only). Interleaving
+keeps clock drift and thermal changes out of the comparison; medians keep outliers out.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .attention import configure_attention
+from .build import example_batch
+from .config import RunSpec
+from .profile import NullTracker, RunOptions, make_optimizer, make_trackers, materialise, train_step
+
+
+@dataclass
+class Overhead:
+    untracked: list[float]  # seconds per step
+    tracked: list[float]
+
+    @property
+    def untracked_median(self) -> float:
+        return statistics.median(self.untracked)
+
+    @property
+    def tracked_median(self) -> float:
+        return statistics.median(self.tracked)
+
+    @property
+    def percent(self) -> float:
+        """Median tracked step time over median untracked step time, minus one, in percent."""
+        return 100 * (self.tracked_median / self.untracked_median - 1)
+
+
+def measure_overhead(spec: RunSpec, rounds: int = 20, trackers: Callable[[], Any] | None = None) -> Overhead:
+    """Time `rounds` untracked and `rounds` tracked training steps of `spec` (cpu or cuda mode).
+
+    `trackers()` makes one round's trackers; by default the mode's own (cuda: allocator + NVML).
+    One untracked warm-up step comes first (allocator caches, cuBLAS handles, lazy optimizer state).
+    """
+    if spec.mode not in ("cpu", "cuda"):
+        raise ValueError("tracking overhead needs real kernels: mode cpu or cuda")
+    untracked: list[float] = []
+    tracked: list[float] = []
+    sync = torch.cuda.synchronize if spec.mode == "cuda" else (lambda: None)
+    with ExitStack() as stack:
+        built = materialise(spec, stack)
+        built.model.train()
+        configure_attention(built.model, spec.attention, traced_on_cpu=spec.mode != "cuda")
+        batch = example_batch(built, spec)
+        optimizer, params = make_optimizer(built)
+        options = RunOptions()
+
+        def step(tracker: Any) -> float:
+            sync()
+            start = time.perf_counter()
+            train_step(built.model, batch, optimizer, params, built.task.recipe.grad_clip, tracker)
+            sync()
+            return time.perf_counter() - start
+
+        step(NullTracker())
+        for _ in range(rounds):
+            untracked.append(step(NullTracker()))
+            with (trackers() if trackers else make_trackers(spec, built, optimizer, batch, options)) as active:
+                tracked.append(step(active))
+    return Overhead(untracked, tracked)
