@@ -111,8 +111,22 @@ def test_calibration_runs_the_estimate_and_forms_the_ratio(spec_factory) -> None
     estimate = profile(type(spec).from_dict({**spec.to_dict(), "mode": "estimate"}))
     peak = estimate["memory"]["memtracker_fake"]["peak_bytes"]
     cal = calibrate(spec, measured=peak * 2)
-    assert cal["estimate_peak_bytes"] == peak
-    assert cal["ratio"] == pytest.approx(0.5)
+    rounded = cal["estimate_peak_bytes"]  # each storage in the allocator's 512-byte blocks
+    assert peak < rounded < 1.5 * peak and rounded % 512 == 0
+    assert cal["ratio"] == pytest.approx(rounded / (peak * 2))
+
+
+def test_allocator_blocks_round_each_storage_up_to_512_bytes() -> None:
+    from torch.distributed._tools.mem_tracker import _MemRefType, _WeakRefInfo
+
+    from unipt_bench.memory.estimate import cuda_allocator_blocks
+
+    def consumed(elements: int) -> int:
+        return _WeakRefInfo(elements, 4, torch.device("cpu"), _MemRefType.ACT).mem_consumed
+
+    with cuda_allocator_blocks():
+        assert [consumed(n) for n in (0, 1, 128, 129, 1 << 20)] == [0, 512, 512, 1024, 4 << 20]
+    assert consumed(1) == 4  # exact bytes again outside
 
 
 @pytest.mark.parametrize("spec", [s for s in load_suite("smoke").with_mode("estimate") if s.config in ("bert", "cnn")],

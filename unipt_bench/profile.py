@@ -29,7 +29,7 @@ from .errors import UserError
 from .memory.base import Trackers
 from .memory.cpu import RssTracker
 from .memory.cuda import CudaTracker, library_workspace_bytes, other_processes_bytes
-from .memory.estimate import TensorMemoryTracker
+from .memory.estimate import TensorMemoryTracker, cuda_allocator_blocks
 from .memory.nvml import NvmlTracker
 
 TIMED_STEPS = 3  # untracked steps timed after the tracked ones (cpu and cuda modes)
@@ -221,14 +221,16 @@ def profile(spec: RunSpec, options: RunOptions | None = None) -> dict[str, Any]:
 def calibrate(spec: RunSpec, measured: int, workspace: int | None = None) -> dict[str, Any]:
     """Estimate the same spec on fake tensors and compare with the allocator's measured peak.
 
+    The estimate counts storages in the allocator's 512-byte blocks, as `allocated_bytes` does.
     `workspace`: the cuBLAS workspaces' bytes, held in the allocator from the first matmul on and so
     inside every measured peak, though no tensor owns them; the second ratio leaves them out.
     """
-    estimate = profile(RunSpec.from_dict({**spec.to_dict(), "mode": "estimate"}))["memory"]["memtracker_fake"]
+    with cuda_allocator_blocks():
+        estimate = profile(RunSpec.from_dict({**spec.to_dict(), "mode": "estimate"}))["memory"]["memtracker_fake"]
     tensors = measured - workspace if workspace is not None else None
     return {
         "estimate_peak_bytes": estimate["peak_bytes"],
-        "estimate_counter": "memtracker_fake",
+        "estimate_counter": "memtracker_fake (storages rounded up to the CUDA allocator's 512-byte blocks)",
         "measured_peak_bytes": measured,
         "measured_counter": "cuda_allocator (max_memory_allocated over phases)",
         "ratio": estimate["peak_bytes"] / measured if measured else None,

@@ -14,13 +14,15 @@ the peak are split in proportion to each owner's trainable parameter bytes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from copy import deepcopy
 from typing import Any
 
 import torch
 from torch import nn, optim
-from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType, _UpdateType
+from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType, _UpdateType, _WeakRefInfo
 from torch.utils._pytree import tree_map_only
 
 from .base import CATEGORIES, TRAINING_PHASES
@@ -44,6 +46,28 @@ OWNERS = ("backbone", "method", "head", "other")
 class _NoHook:
     def remove(self) -> None:
         pass
+
+
+CUDA_BLOCK = 512  # bytes: the CUDA caching allocator rounds every allocation up to a multiple of this
+
+
+@contextmanager
+def cuda_allocator_blocks() -> Iterator[None]:
+    """Count every storage as the CUDA caching allocator's `allocated_bytes` does: rounded up to 512 B.
+
+    Fake tensors live on the CPU device, where MemTracker counts exact bytes; comparing an estimate
+    with `max_memory_allocated` needs the allocator's rounding (it matters for small tensors only).
+    """
+    exact = _WeakRefInfo._calculate_mem_consumed
+
+    def rounded(info: _WeakRefInfo) -> int:
+        return math.ceil(info.size * info.element_size / CUDA_BLOCK) * CUDA_BLOCK
+
+    _WeakRefInfo._calculate_mem_consumed = rounded
+    try:
+        yield
+    finally:
+        _WeakRefInfo._calculate_mem_consumed = exact
 
 
 def grad_hooks_only_with_grad(hook: Callable[..., Any]) -> Callable[..., Any]:
