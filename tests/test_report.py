@@ -117,6 +117,31 @@ def test_paper_view_puts_the_papers_figures_beside_the_measured_ones(stored) -> 
     assert ">0.35<" in unipt  # the paper's UniPT / Adapter memory ratio (3.1 / 8.8)
 
 
+def test_results_of_different_protocols_never_share_a_table(stored) -> None:
+    """Two protocols (here the allocator settings) in one configuration and mode: two tables, each with
+    its own ratios and a note naming the field; failed runs (no protocol) stay with the first."""
+    from unipt_bench.report.views import table_views
+
+    _, store, _ = stored
+    results = [r for r in store.latest("smoke").values() if r.spec["mode"] == "estimate"]
+    expandable = {"adapter", "unipt"}
+    for r in results:
+        if r.spec["label"] in expandable:
+            r.protocol = {**r.protocol, "allocator_conf": "expandable_segments:True"}
+    views = table_views(results, with_figures=False)
+    assert len(views) == 2 and {v.anchor for v in views} == {"bert-estimate", "bert-estimate-1"}
+    first, second = views
+    assert {r.label for r in second.rows} == expandable
+    assert {"too-big", "broken", "stopped"} <= {r.label for r in first.rows}
+    assert not expandable & {r.label for r in first.rows}
+    assert second.protocol_note == "protocol: allocator_conf = expandable_segments:True"
+    assert first.protocol_note == "protocol: allocator_conf = None"
+    assert [r.ratio for r in second.rows if r.label == "adapter"] == [1.0]  # the reference within its own table
+    assert [r.ratio for r in first.rows if r.label == "lst"] == [1.0]  # no adapter here: lst is the reference
+    html = render_report("smoke", results, "results", with_figures=False)
+    assert html.count('class="note protocol"') == 2 and 'id="bert-estimate-1"' in html
+
+
 def test_leaderboard_sorts_in_chromium(stored, tmp_path) -> None:
     needs_chromium()
     root, store, _ = stored

@@ -3,6 +3,7 @@ the paper's row, memory ratios, breakdowns, trade-offs and provenance."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,9 @@ from ..results import RunResult
 from . import figures
 from .paper import TABLES, PaperRow, PaperTable, paper_g
 
+# protocol fields that must match for figures to share a table (per-method batch and shapes may differ)
+SIDE_BY_SIDE = ("dtype", "amp", "optimizer", "zero_grad", "attention", "cudnn_benchmark", "tf32_matmul",
+                "allocator_conf", "empty_cache")
 MODE_WORDS = {"estimate": "estimated (fake tensors)", "cpu": "measured on CPU tensors",
               "cuda": "measured on the GPU (max_memory_allocated)"}
 
@@ -92,6 +96,8 @@ class TableView:
     rows: list[RowView]
     paper: PaperTable | None
     figures: dict[str, str] = field(default_factory=dict)
+    protocol_note: str = ""  # set when this configuration's results were split by differing protocols
+    part: int = 0  # which of those splits
 
     @property
     def mode_words(self) -> str:
@@ -103,24 +109,52 @@ class TableView:
 
     @property
     def anchor(self) -> str:
-        return f"{self.config}-{self.mode}"
+        return f"{self.config}-{self.mode}" + (f"-{self.part}" if self.part else "")
+
+
+def protocol_key(result: RunResult) -> str | None:
+    """The SIDE_BY_SIDE part of a result's protocol; None for results that measured nothing."""
+    if not result.protocol:
+        return None
+    return json.dumps({f: result.protocol.get(f) for f in SIDE_BY_SIDE}, sort_keys=True)
+
+
+def split_by_protocol(members: list[RunResult]) -> list[tuple[list[RunResult], str]]:
+    """Results of one configuration and mode, split so that each part's protocols match; each part
+    with a note naming the fields that differ. Results without a protocol (failures) join the first."""
+    parts: dict[str, list[RunResult]] = {}
+    for r in members:
+        key = protocol_key(r)
+        if key is not None:
+            parts.setdefault(key, []).append(r)
+    if len(parts) <= 1:
+        return [(members, "")]
+    keys = list(parts)
+    protocols = [json.loads(k) for k in keys]
+    differing = [f for f in SIDE_BY_SIDE if len({json.dumps(p[f]) for p in protocols}) > 1]
+    parts[keys[0]] = [r for r in members if protocol_key(r) in (None, keys[0])]
+    return [(parts[k], "protocol: " + ", ".join(f"{f} = {p[f]}" for f in differing))
+            for k, p in zip(keys, protocols, strict=True)]
 
 
 def table_views(results: list[RunResult], with_figures: bool = True) -> list[TableView]:
-    """One view per (configuration, mode), in suite order: estimates and measurements never share a table."""
+    """One view per (configuration, mode, protocol), in suite order: estimates and measurements never
+    share a table, nor do figures measured under different protocols."""
     groups: dict[tuple[str, str], list[RunResult]] = {}
     for r in sorted(results, key=lambda r: (r.spec["order"], r.spec["mode"])):
         groups.setdefault((r.spec["config"], r.spec["mode"]), []).append(r)
     views = []
-    for (config, mode), members in groups.items():
-        paper = TABLES.get(members[0].spec.get("paper") or "")
-        rows = [RowView(r, paper.rows.get(r.spec["method"]) if paper and r.spec["label"] == r.spec["method"] else None)
-                for r in members]
-        add_ratios(rows, paper)
-        view = TableView(config, members[0].spec.get("title") or config, mode, rows, paper)
-        if with_figures:
-            view.figures = table_figures(view)
-        views.append(view)
+    for (config, mode), grouped in groups.items():
+        for part, (members, note) in enumerate(split_by_protocol(grouped)):
+            paper = TABLES.get(members[0].spec.get("paper") or "")
+            rows = [RowView(r, paper.rows.get(r.spec["method"]) if paper and r.spec["label"] == r.spec["method"]
+                            else None) for r in members]
+            add_ratios(rows, paper)
+            view = TableView(config, members[0].spec.get("title") or config, mode, rows, paper, protocol_note=note,
+                             part=part)
+            if with_figures:
+                view.figures = table_figures(view)
+            views.append(view)
     return views
 
 
