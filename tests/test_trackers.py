@@ -225,3 +225,25 @@ def test_rss_tracker_reports_peaks_around_the_steps():
     assert result["counter"] == "rss"
     assert result["peak_bytes"] >= result["peak_before_steps_bytes"] > 0
     assert isinstance(result["peak_bytes"], int)
+
+
+def test_cuda_stats_read_the_allocators_nested_counters_without_synchronising(monkeypatch):
+    """CudaStats against torch.cuda's own layout (patched in: no GPU here); it must never synchronise."""
+    import torch
+
+    from unipt_bench.memory.cuda import CudaStats
+
+    def stat(current: int, peak: int) -> dict[str, dict[str, int]]:
+        fields = {"current": current, "peak": peak, "allocated": 0, "freed": 0}
+        return {"all": fields, "small_pool": dict(fields), "large_pool": dict(fields)}
+
+    nested = {"allocated_bytes": stat(10, 300), "reserved_bytes": stat(20, 512), "active_bytes": stat(10, 310),
+              "num_alloc_retries": 2, "num_ooms": 1}
+    calls = []
+    monkeypatch.setattr(torch.cuda, "memory_stats_as_nested_dict", lambda device: calls.append(device) or nested)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: calls.append(("reset", device)))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: pytest.fail("the tracker synchronised the GPU"))
+    stats = CudaStats(device=3)
+    stats.reset_peaks()
+    assert stats.read() == reading(300, 512, 310, retries=2, ooms=1)
+    assert calls == [("reset", 3), 3]

@@ -29,13 +29,18 @@ class CudaStats:
         self.torch.cuda.reset_peak_memory_stats(self.device)
 
     def read(self) -> dict[str, int]:
-        stats = self.torch.cuda.memory_stats(self.device)
+        # the nested form, as the allocator gives it: memory_stats() would flatten ~100 keys per read
+        stats = self.torch.cuda.memory_stats_as_nested_dict(self.device)
+
+        def peak(name: str) -> int:
+            return int(stats.get(name, {}).get("all", {}).get("peak", 0))
+
         return {
-            "max_memory_allocated": stats.get("allocated_bytes.all.peak", 0),
-            "max_memory_reserved": stats.get("reserved_bytes.all.peak", 0),
-            "active_bytes_peak": stats.get("active_bytes.all.peak", 0),
-            "num_alloc_retries": stats.get("num_alloc_retries", 0),
-            "num_ooms": stats.get("num_ooms", 0),
+            "max_memory_allocated": peak("allocated_bytes"),
+            "max_memory_reserved": peak("reserved_bytes"),
+            "active_bytes_peak": peak("active_bytes"),
+            "num_alloc_retries": int(stats.get("num_alloc_retries", 0)),
+            "num_ooms": int(stats.get("num_ooms", 0)),
         }
 
 
