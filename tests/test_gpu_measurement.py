@@ -312,3 +312,40 @@ def test_selfcheck_gpu_prints_both_ratios_and_the_overhead(monkeypatch) -> None:
     assert lines[2].split()[-5:] == ["0.5000", "48", "B", "0.9615", "MISS"]  # the verdict is on the raw ratio
     assert "1 of 2 within 3.0% of max_memory_allocated" in done.output
     assert "flickr30k/t5-bert/unipt" in lines[-2] and "overhead +0.50%" in lines[-1]
+
+
+
+@pytest.mark.parametrize(("mode", "workers"), [("estimate", 1), ("cpu", 4)])
+def test_fit_probes_measured_runs_each_in_a_fresh_process(monkeypatch, tmp_path, mode: str, workers: int) -> None:
+    """Estimate probes share a worker; cpu and cuda probes each get their own (nothing carried over,
+    even after an out-of-memory probe), and no probe pays for a calibration estimate."""
+    from click.testing import CliRunner
+
+    from unipt_bench import cli as cli_module
+    from unipt_bench import runner
+    from unipt_bench.results import RunResult
+
+    made = []
+
+    class CountingWorker:
+        def __init__(self) -> None:
+            made.append(self)
+            self.closed, self.runs = False, []
+
+        def run(self, spec, options=None):
+            assert not self.closed and options == {"calibrate": False}
+            self.runs.append(spec.batch)
+            memory = {"counter": "c", "peak_bytes": 1000 + 100 * spec.batch}
+            result = RunResult(spec=spec.to_dict(), status="ok", digest=spec.digest(), started="", finished="",
+                               memory={"memtracker_fake": memory, "memtracker_real": memory})
+            return result.__dict__
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(runner, "Worker", CountingWorker)
+    done = CliRunner().invoke(cli_module.cli, ["fit", "--suite", "smoke", "--budget", "1500", "--mode", mode,
+                                               "--methods", "unipt-pooled", "--out", str(tmp_path), "--limit", "16"])
+    assert done.exit_code == 0, done.output
+    assert "max batch      5" in done.output  # (1500 - 1000) / 100
+    assert len(made) == workers and sum(len(w.runs) for w in made) == 4 and all(w.closed for w in made)

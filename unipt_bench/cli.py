@@ -231,7 +231,7 @@ def results(suite: str, out: str, fmt: str) -> None:
 @out_option
 def fit(suite: str, budget: str, mode: str, methods: str | None, limit: int, out: str) -> None:
     """Find each run's largest per-GPU batch under a memory budget, and its memory-vs-batch line."""
-    from .config import load_suite, select_methods
+    from .config import RunSpec, load_suite, select_methods
     from .fit import fit_spec, parse_bytes
     from .results import now, write_atomic
     from .runner import Worker
@@ -242,14 +242,23 @@ def fit(suite: str, budget: str, mode: str, methods: str | None, limit: int, out
     specs = select_methods(loaded.with_mode(mode), methods)
     click.echo(f"{loaded.name}: largest batch per GPU under {human_bytes(budget_bytes)}, {why}")
     worker: Worker | None = None
+    options = {"calibrate": False}  # a probe needs its peak only, not an estimate beside it
+
+    def probe(spec: RunSpec) -> dict[str, Any]:
+        """Estimate probes share one worker; cpu and GPU probes each get a fresh process (no carried-over
+        allocator state, even after an out-of-memory probe)."""
+        nonlocal worker
+        if worker is not None and mode != "estimate":
+            worker.close()
+            worker = None
+        if worker is None:
+            worker = Worker()
+        return worker.run(spec, options)
+
     try:
         for spec in specs:
-            if worker is None or mode != "estimate":  # GPU probes each get a fresh process
-                if worker is not None:
-                    worker.close()
-                worker = Worker()
             try:
-                fitted = fit_spec(spec, budget_bytes, worker.run, limit)
+                fitted = fit_spec(spec, budget_bytes, probe, limit)
             except UserError as exc:
                 click.echo(f"  {spec.config + '/' + spec.label:<24} {exc}")
                 continue
