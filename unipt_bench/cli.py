@@ -233,9 +233,10 @@ def fit(suite: str, budget: str, mode: str, methods: str | None, limit: int, out
     """Find each run's largest per-GPU batch under a memory budget, and its memory-vs-batch line."""
     from .config import RunSpec, load_suite, select_methods
     from .fit import fit_spec, parse_bytes
-    from .results import now, write_atomic
+    from .results import ResultStore, now, write_atomic
     from .runner import Worker
 
+    store = ResultStore(out)
     budget_bytes = parse_bytes(budget)
     loaded = load_suite(suite)
     mode, why = resolve_mode(mode)
@@ -267,8 +268,7 @@ def fit(suite: str, budget: str, mode: str, methods: str | None, limit: int, out
             best = f">={limit} (the --limit)" if fitted.max_batch == limit else str(fitted.max_batch or "none")
             click.echo(f"  {spec.config + '/' + spec.label:<24} max batch {best:>6}  {line}  ({len(fitted.probes)} probes)")
             record = {"spec": spec.to_dict(), "mode": mode, "finished": now(), **fitted.to_dict()}
-            path = Path(out) / "_fits" / loaded.name / spec.config / f"{spec.label}.{mode}.{now().replace(':', '')}.json"
-            write_atomic(path, json.dumps(record, indent=2, sort_keys=True))
+            write_atomic(store.fit_path(spec), json.dumps(record, indent=2, sort_keys=True))
     except KeyboardInterrupt:
         click.echo("interrupted: fits finished so far are kept", err=True)
         sys.exit(130)

@@ -132,8 +132,13 @@ def compare(baseline: dict[str, Any], results: list[RunResult], tolerance: float
     return changes
 
 
+def failing_verdicts(strict: bool) -> set[str]:
+    """Verdicts that fail the gate: regressions and missing runs, and with strict also improvements."""
+    return {"regression", "missing"} | ({"improvement"} if strict else set())
+
+
 def failed(changes: list[Change], strict: bool) -> bool:
-    bad = {"regression", "missing"} | ({"improvement"} if strict else set())
+    bad = failing_verdicts(strict)
     return any(c.verdict in bad for c in changes)
 
 
@@ -167,7 +172,7 @@ def junit(suite: str, changes: list[Change], strict: bool) -> str:
     runs: dict[str, list[Change]] = {}
     for c in changes:
         runs.setdefault(c.run, []).append(c)
-    bad = {"regression", "missing"} | ({"improvement"} if strict else set())
+    bad = failing_verdicts(strict)
     cases, failures, skipped = [], 0, 0
     for run, items in runs.items():
         config, _, rest = run.partition("/")

@@ -8,18 +8,13 @@ keeps clock drift and thermal changes out of the comparison; medians keep outlie
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from .attention import configure_attention
-from .build import example_batch
 from .config import RunSpec
-from .profile import NullTracker, RunOptions, make_optimizer, make_trackers, materialise, train_step
+from .profile import NullTracker, RunOptions, make_trackers, prepare
 
 
 @dataclass
@@ -49,27 +44,13 @@ def measure_overhead(spec: RunSpec, rounds: int = 20, trackers: Callable[[], Any
     """
     if spec.mode not in ("cpu", "cuda"):
         raise ValueError("tracking overhead needs real kernels: mode cpu or cuda")
-    untracked: list[float] = []
-    tracked: list[float] = []
-    sync = torch.cuda.synchronize if spec.mode == "cuda" else (lambda: None)
+    result = Overhead([], [])
     with ExitStack() as stack:
-        built = materialise(spec, stack)
-        built.model.train()
-        configure_attention(built.model, spec.attention, traced_on_cpu=spec.mode != "cuda")
-        batch = example_batch(built, spec)
-        optimizer, params = make_optimizer(built)
-        options = RunOptions()
-
-        def step(tracker: Any) -> float:
-            sync()
-            start = time.perf_counter()
-            train_step(built.model, batch, optimizer, params, built.task.recipe.grad_clip, tracker)
-            sync()
-            return time.perf_counter() - start
-
-        step(NullTracker())
+        run = prepare(spec, stack)
+        make = trackers or (lambda: make_trackers(spec, run, RunOptions()))
+        run.timed_step(NullTracker())
         for _ in range(rounds):
-            untracked.append(step(NullTracker()))
-            with (trackers() if trackers else make_trackers(spec, built, optimizer, batch, options)) as active:
-                tracked.append(step(active))
-    return Overhead(untracked, tracked)
+            result.untracked.append(run.timed_step(NullTracker()))
+            with make() as active:
+                result.tracked.append(run.timed_step(active))
+    return result

@@ -136,15 +136,43 @@ def protocol(spec: RunSpec, built: Built) -> dict[str, Any]:
     }
 
 
-def timed_steps(built: Built, batch: Any, optimizer: Any, params: Any, sync: Any) -> list[float]:
-    seconds = []
-    for _ in range(TIMED_STEPS):
-        sync()
+def synchronizer(mode: str) -> Callable[[], None]:
+    """What waits for the device before a clock is read: the GPU in cuda mode, nothing otherwise."""
+    return torch.cuda.synchronize if mode == "cuda" else (lambda: None)
+
+
+@dataclass
+class Prepared:
+    """A run ready to step: the model in train mode on its device, one batch, the optimizer."""
+
+    built: Built
+    batch: dict[str, dict[str, torch.Tensor]]
+    optimizer: torch.optim.Optimizer
+    params: list[nn.Parameter]
+    attention: dict[str, object]  # what the protocol records about the attention kernel
+    sync: Callable[[], None]
+
+    def step(self, tracker: Any, micro_batches: int = 1) -> None:
+        train_step(self.built.model, self.batch, self.optimizer, self.params, self.built.task.recipe.grad_clip,
+                   tracker, micro_batches)
+
+    def timed_step(self, tracker: Any) -> float:
+        """Seconds of one training step, the device synchronised on both sides."""
+        self.sync()
         start = time.perf_counter()
-        train_step(built.model, batch, optimizer, params, built.task.recipe.grad_clip, NullTracker())
-        sync()
-        seconds.append(time.perf_counter() - start)
-    return seconds
+        self.step(tracker)
+        self.sync()
+        return time.perf_counter() - start
+
+
+def prepare(spec: RunSpec, stack: ExitStack) -> Prepared:
+    """Materialise the spec's model (see `materialise`), switch its attention kernel, make a batch and AdamW."""
+    built = materialise(spec, stack)
+    built.model.train()
+    attention = configure_attention(built.model, spec.attention, traced_on_cpu=spec.mode != "cuda")
+    batch = example_batch(built, spec)
+    optimizer, params = make_optimizer(built)
+    return Prepared(built, batch, optimizer, params, attention, synchronizer(spec.mode))
 
 
 @dataclass
@@ -182,24 +210,20 @@ def profile(spec: RunSpec, options: RunOptions | None = None) -> dict[str, Any]:
         check_gpu_idle(options.busy_threshold)
     started = time.perf_counter()
     with ExitStack() as stack:
-        built = materialise(spec, stack)
+        run = prepare(spec, stack)
+        built = run.built
         built_seconds = time.perf_counter() - started
-        built.model.train()
-        attention = configure_attention(built.model, spec.attention, traced_on_cpu=spec.mode != "cuda")
-        batch = example_batch(built, spec)
-        optimizer, params = make_optimizer(built)
-        trackers = make_trackers(spec, built, optimizer, batch, options)
+        trackers = make_trackers(spec, run, options)
         traced = time.perf_counter()
         micro = min(spec.accumulate, MAX_MICRO_BATCHES)
         with allocator_history(options.snapshot if spec.mode == "cuda" else None, options.snapshot_entries):
             with trackers:
                 for _ in range(spec.steps):
-                    train_step(built.model, batch, optimizer, params, built.task.recipe.grad_clip, trackers, micro)
-                evaluation_pass(built.model, batch, trackers)
+                    run.step(trackers, micro)
+                evaluation_pass(built.model, run.batch, trackers)
         timing: dict[str, Any] = {"build_seconds": built_seconds, "tracked_seconds": time.perf_counter() - traced}
         if spec.mode != "estimate":
-            sync = torch.cuda.synchronize if spec.mode == "cuda" else (lambda: None)
-            seconds = timed_steps(built, batch, optimizer, params, sync)
+            seconds = [run.timed_step(NullTracker()) for _ in range(TIMED_STEPS)]
             timing.update(step_seconds=statistics.median(seconds), step_seconds_all=seconds)
         else:
             timing["step_seconds"] = None  # fake tensors run no kernels: no step time to report
@@ -209,7 +233,7 @@ def profile(spec: RunSpec, options: RunOptions | None = None) -> dict[str, Any]:
         "params": parameter_counts(built),
         "memory": memory,
         "timing": timing,
-        "protocol": {**protocol(spec, built), **attention},
+        "protocol": {**protocol(spec, built), **run.attention},
     }
     if spec.mode == "cuda" and options.snapshot:
         memory["cuda_allocator"]["snapshot"] = options.snapshot
@@ -267,9 +291,10 @@ def check_gpu_idle(threshold: int | None) -> None:
         )
 
 
-def make_trackers(spec: RunSpec, built: Built, optimizer: Any, batch: Any, options: RunOptions) -> Trackers:
+def make_trackers(spec: RunSpec, run: Prepared, options: RunOptions) -> Trackers:
     if spec.mode == "cuda":
         return Trackers([CudaTracker(), NvmlTracker(interval=options.nvml_interval)])
     counter = "memtracker_fake" if spec.mode == "estimate" else "memtracker_real"
-    tensors = TensorMemoryTracker(built.model, optimizer, flat_inputs(batch), counter, module_owner(built.model))
+    model = run.built.model
+    tensors = TensorMemoryTracker(model, run.optimizer, flat_inputs(run.batch), counter, module_owner(model))
     return Trackers([tensors] if spec.mode == "estimate" else [tensors, RssTracker()])

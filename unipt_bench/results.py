@@ -108,6 +108,11 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def stamp(time: str) -> str:
+    """A `now()` time as it goes into file names: 20261129T161500.123456Z."""
+    return time.replace(":", "").replace("-", "")
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder and rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,10 +137,13 @@ class ResultStore:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
 
+    def run_file(self, spec: RunSpec, suffix: str, folder: str | None = None) -> Path:
+        """<root>[/<folder>]/<suite>/<config>/<label>.<mode>.<suffix>: every file of a run is named alike."""
+        base = self.root / folder if folder else self.root
+        return base / spec.suite / spec.config / f"{spec.label}.{spec.mode}.{suffix}"
+
     def write(self, result: RunResult) -> Path:
-        spec = result.run_spec
-        stamp = result.finished.replace(":", "").replace("-", "")
-        path = self.root / spec.suite / spec.config / f"{spec.label}.{spec.mode}.{stamp}.json"
+        path = self.run_file(result.run_spec, f"{stamp(result.finished)}.json")
         while path.exists():  # never overwrite, even within one microsecond
             path = path.with_name(path.stem + "_.json")
         write_atomic(path, result.to_json())
@@ -143,13 +151,17 @@ class ResultStore:
 
     def snapshot_path(self, spec: RunSpec) -> Path:
         """Where a run's allocator snapshot goes: beside its result, named like it."""
-        path = self.root / spec.suite / spec.config / f"{spec.label}.{spec.mode}.{now().replace(':', '')}.snapshot.pickle"
+        path = self.run_file(spec, f"{stamp(now())}.snapshot.pickle")
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
     def checkpoint_dir(self, spec: RunSpec) -> Path:
         """A training run's checkpoints: stable across re-runs of the same spec, so they resume."""
-        return self.root / spec.suite / spec.config / f"{spec.label}.{spec.mode}.{spec.digest()}.ckpt"
+        return self.run_file(spec, f"{spec.digest()}.ckpt")
+
+    def fit_path(self, spec: RunSpec) -> Path:
+        """Where a batch fit of a run is recorded: under _fits/, named like its results."""
+        return self.run_file(spec, f"{stamp(now())}.json", folder="_fits")
 
     def all(self, suite: str) -> list[tuple[Path, RunResult]]:
         folder = self.root / suite

@@ -30,7 +30,7 @@ from .memory.cpu import RssTracker
 from .memory.cuda import CudaTracker
 from .memory.estimate import TensorMemoryTracker
 from .methods.base import SideTuned
-from .profile import NullTracker, RunOptions, make_optimizer, protocol, train_step
+from .profile import NullTracker, RunOptions, make_optimizer, protocol, synchronizer, train_step
 from .tasks import TASKS
 from .tasks.vqa_data import to_device
 
@@ -177,7 +177,7 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
     seconds: list[float] = []
     losses: list[float] = []
     grad_clip = built.task.recipe.grad_clip
-    sync = torch.cuda.synchronize if spec.mode == "cuda" else (lambda: None)
+    sync = synchronizer(spec.mode)
     started = time.perf_counter()
     with ExitStack() as stack:
         stack.enter_context(trackers)

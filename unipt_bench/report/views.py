@@ -122,9 +122,9 @@ def protocol_key(result: RunResult) -> str | None:
 def split_by_protocol(members: list[RunResult]) -> list[tuple[list[RunResult], str]]:
     """Results of one configuration and mode, split so that each part's protocols match; each part
     with a note naming the fields that differ. Results without a protocol (failures) join the first."""
+    keyed = [(protocol_key(r), r) for r in members]
     parts: dict[str, list[RunResult]] = {}
-    for r in members:
-        key = protocol_key(r)
+    for key, r in keyed:
         if key is not None:
             parts.setdefault(key, []).append(r)
     if len(parts) <= 1:
@@ -132,7 +132,7 @@ def split_by_protocol(members: list[RunResult]) -> list[tuple[list[RunResult], s
     keys = list(parts)
     protocols = [json.loads(k) for k in keys]
     differing = [f for f in SIDE_BY_SIDE if len({json.dumps(p[f]) for p in protocols}) > 1]
-    parts[keys[0]] = [r for r in members if protocol_key(r) in (None, keys[0])]
+    parts[keys[0]] = [r for key, r in keyed if key in (None, keys[0])]
     return [(parts[k], "protocol: " + ", ".join(f"{f} = {p[f]}" for f in differing))
             for k, p in zip(keys, protocols, strict=True)]
 
