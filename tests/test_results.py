@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from unipt_bench.errors import UserError
 from unipt_bench.memory.base import CATEGORIES
 from unipt_bench.results import SCHEMA_VERSION, ResultStore, RunResult
 from unipt_bench.runner import run_specs
@@ -60,12 +59,12 @@ def test_write_leaves_no_temporary_files(tmp_path, spec_factory):
 
 def test_write_failure_removes_its_temporary_file(tmp_path, spec_factory, monkeypatch):
     """A write that fails half-way leaves neither the target nor a temporary file."""
-    import unipt_bench.results as results
+    import unipt_bench.atomic as atomic
 
-    def failing_replace(src, dst):
+    def failing_link(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(results.os, "replace", failing_replace)
+    monkeypatch.setattr(atomic.os, "link", failing_link)
     with pytest.raises(OSError, match="disk full"):
         ResultStore(tmp_path).write(result_for(spec_factory("unipt")))
     assert json_files(tmp_path) == []
@@ -162,29 +161,39 @@ def test_a_run_without_a_result_is_not_complete(tmp_path, spec_factory):
     assert not store.is_complete(spec_factory("lora"), store.latest("test"))
 
 
+def valid_result_data(spec_factory) -> dict:
+    return json.loads(result_for(spec_factory("unipt")).to_json())
+
+
 @pytest.mark.parametrize(
     "text",
-    ['{"schema": 1, "status": "ok"', "", '{"schema": 99}', '{"schema": 1, "status": "ok"}'],
-    ids=["truncated", "empty", "other-schema", "missing-fields"],
+    ['{"schema": 1, "status": "ok"', "", '{"schema": 99}', '{"schema": 1, "status": "ok"}', "[]",
+     '{"schema": 1, "spec": {}, "status": "ok", "digest": "x"}', b"\xff\xfe\x00".decode("latin-1")],
+    ids=["truncated", "empty", "other-schema", "missing-fields", "not-an-object", "empty-spec", "not-utf8"],
 )
-def test_a_corrupt_result_file_is_a_user_error_naming_it(tmp_path, spec_factory, text):
+def test_a_corrupt_result_file_is_skipped_and_named(tmp_path, spec_factory, text):
+    """One bad file never hides the other results: it is skipped and recorded with its reason."""
     store = ResultStore(tmp_path)
     store.write(result_for(spec_factory("unipt")))
     bad = tmp_path / "test" / "c" / "broken.estimate.json"
-    bad.write_text(text)
-    with pytest.raises(UserError, match="unreadable result file") as info:
-        store.latest("test")
-    assert str(bad) in str(info.value)
+    bad.write_bytes(text.encode("latin-1"))
+    assert list(store.latest("test")) == ["c/unipt/estimate"]
+    assert [path for path, _ in store.skipped] == [bad]
 
 
-@pytest.mark.parametrize("text", ["[]", '{"schema": 1, "spec": {}, "status": "ok", "digest": "x"}'],
-                         ids=["not-an-object", "empty-spec"])
-def test_any_corrupt_result_file_is_a_user_error(tmp_path, text):
-    bad = tmp_path / "test" / "c" / "broken.estimate.json"
-    bad.parent.mkdir(parents=True)
-    bad.write_text(text)
-    with pytest.raises(UserError, match="unreadable result file"):
-        ResultStore(tmp_path).latest("test")
+@pytest.mark.parametrize("change", [
+    {"memory": [1, 2]}, {"memory": {"memtracker_fake": 5}}, {"memory": {"memtracker_fake": {"peak_bytes": "big"}}},
+    {"memory": {"memtracker_fake": {"peak_bytes": 1, "by_category": []}}}, {"params": {"trainable_params": 1.5}},
+    {"status": "fine"}, {"timing": "fast"}, {"message": 3}, {"env": None}, {"spec": {"mode": "gpu"}},
+], ids=["memory-list", "counter-int", "peak-str", "categories-list", "params-float", "status", "timing", "message",
+        "env", "mode"])
+def test_result_fields_are_checked_on_read(tmp_path, spec_factory, change):
+    """Schema, not just top-level keys: a malformed figure fails on read, naming the field."""
+    data = valid_result_data(spec_factory)
+    for key, value in change.items():
+        data[key] = {**data[key], **value} if key == "spec" else value
+    with pytest.raises(ValueError, match="malformed result"):
+        RunResult.from_json(json.dumps(data))
 
 
 def test_a_leftover_temporary_file_is_ignored(tmp_path, spec_factory):

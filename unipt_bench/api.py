@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from .atomic import write_atomic
 from .memory.base import CATEGORIES, Trackers
 from .memory.estimate import TensorMemoryTracker
 from .profile import train_step
-from .results import write_atomic
 
 
 @dataclass(frozen=True)

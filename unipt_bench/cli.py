@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -42,9 +43,10 @@ def cli() -> None:
 
 
 @cli.command("list")
-@click.argument("what", type=click.Choice(["all", "suites", "backbones", "methods", "tasks"]), default="all")
+@click.argument("what", type=click.Choice(["all", "suites", "backbones", "methods", "tasks", "options"]),
+                default="all")
 def list_cmd(what: str) -> None:
-    """List built-in suites, backbones, methods and tasks."""
+    """List built-in suites, backbones, methods and tasks; `options`: every option with its default and range."""
     from .config import builtin_suites, suite_description_of
 
     if what in ("all", "suites"):
@@ -72,6 +74,19 @@ def list_cmd(what: str) -> None:
         click.echo("tasks:")
         for name in TASKS.names():
             click.echo(f"  {name:<10} {(TASKS.get(name).__doc__ or '').strip().splitlines()[0]}")
+    if what == "options":
+        from .config import TrainSpec
+        from .configurable import describe_options
+        from .methods import METHODS
+        from .tasks import TASKS
+
+        tables = [(f"method {n}", METHODS.get(n)) for n in METHODS.names()]
+        tables += [(f"task {n} (task_options)", TASKS.get(n)) for n in TASKS.names()]
+        for title, cls in [*tables, ("train (a configuration's train table)", TrainSpec)]:
+            lines = describe_options(cls)
+            click.echo(f"{title}:" + ("" if lines else " no options"))
+            for line in lines:
+                click.echo(f"  {line}")
 
 
 def resolve_mode(mode: str, trains: bool = False) -> tuple[str, str]:
@@ -109,19 +124,24 @@ def resolve_mode(mode: str, trains: bool = False) -> tuple[str, str]:
 def run(suite: str, mode: str, methods: str | None, out: str, force: bool, busy_threshold: str,
         memory_snapshot: bool, calibrate: bool, nvml_interval: float, data_root: str) -> None:
     """Profile every run of a suite and store one JSON result per run."""
+    from .atomic import check_writable_dir
     from .config import load_suite, select_methods
     from .fit import parse_bytes
     from .results import ResultStore
 
+    if not math.isfinite(nvml_interval) or nvml_interval <= 0:
+        raise UserError(f"--nvml-interval {nvml_interval}: must be a positive number of seconds")
     options = {
         "busy_threshold": None if busy_threshold.lower() == "none" else parse_bytes(busy_threshold),
         "calibrate": calibrate,
         "nvml_interval": nvml_interval,
         "data_root": data_root,
+        "resume": not force,  # --force trains from scratch, never from an earlier run's checkpoint
     }
     loaded = load_suite(suite)
     mode, why = resolve_mode(mode, trains=any(s.train for s in loaded.specs))
     specs = select_methods(loaded.with_mode(mode), methods)
+    check_writable_dir(out, "--out")
     store = ResultStore(out)
     latest = store.latest(loaded.name)
     todo = [s for s in specs if force or not store.is_complete(s, latest)]
@@ -207,7 +227,9 @@ def results(suite: str, out: str, fmt: str) -> None:
     if not latest:
         known = store.suites()
         hint = f" (stored suites: {', '.join(known)})" if known else ""
-        raise UserError(f"no results for suite {suite!r} in {out}{hint}; run: unipt-bench run --suite {suite}")
+        raise UserError(f"no results for suite {suite!r} in {out}{hint}{skipped_note(store)}; "
+                        f"run: unipt-bench run --suite {suite}")
+    warn_skipped(store)
     rows = [r.row() for r in sorted(latest.values(), key=lambda r: (r.spec["order"], r.spec["mode"]))]
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
@@ -227,13 +249,14 @@ def results(suite: str, out: str, fmt: str) -> None:
 @click.option("--budget", required=True, help="Memory per GPU, e.g. 24GiB, 80GB, 16000MiB.")
 @click.option("--mode", type=click.Choice(["auto", "estimate", "cpu", "cuda"]), default="estimate", show_default=True)
 @click.option("--methods", default=None, help="Comma-separated method names or labels (default: all).")
-@click.option("--limit", default=4096, show_default=True, help="Largest batch to consider.")
+@click.option("--limit", default=4096, show_default=True, type=click.IntRange(min=1), help="Largest batch to consider.")
 @out_option
 def fit(suite: str, budget: str, mode: str, methods: str | None, limit: int, out: str) -> None:
     """Find each run's largest per-GPU batch under a memory budget, and its memory-vs-batch line."""
+    from .atomic import check_writable_dir, write_atomic
     from .config import RunSpec, load_suite, select_methods
     from .fit import fit_spec, parse_bytes
-    from .results import ResultStore, now, write_atomic
+    from .results import ResultStore, now
     from .runner import Worker
 
     store = ResultStore(out)
@@ -241,6 +264,7 @@ def fit(suite: str, budget: str, mode: str, methods: str | None, limit: int, out
     loaded = load_suite(suite)
     mode, why = resolve_mode(mode)
     specs = select_methods(loaded.with_mode(mode), methods)
+    check_writable_dir(Path(out) / "_fits", "--out")
     click.echo(f"{loaded.name}: largest batch per GPU under {human_bytes(budget_bytes)}, {why}")
     worker: Worker | None = None
     options = {"calibrate": False}  # a probe needs its peak only, not an estimate beside it
@@ -342,14 +366,19 @@ def report_overhead(rounds: int) -> None:
               help="HTML file to write (default: reports/<suite>.html).")
 def report(suite: str, results_dir: str, out_file: str | None) -> None:
     """Render one self-contained HTML report of a suite's stored results."""
+    from .atomic import check_writable_file, write_atomic
     from .report.render import render_report, suite_description
-    from .results import ResultStore, write_atomic
+    from .results import ResultStore
 
     name = suite_name(suite)
-    found = list(ResultStore(results_dir).latest(name).values())
-    if not found:
-        raise UserError(f"no results for suite {name!r} in {results_dir}; run: unipt-bench run --suite {suite}")
     path = Path(out_file or f"reports/{name}.html")
+    check_writable_file(path, "--out")
+    store = ResultStore(results_dir)
+    found = list(store.latest(name).values())
+    if not found:
+        raise UserError(f"no results for suite {name!r} in {results_dir}{skipped_note(store)}; "
+                        f"run: unipt-bench run --suite {suite}")
+    warn_skipped(store)
     write_atomic(path, render_report(name, found, results_dir, suite_description(found)))
     click.echo(f"wrote {path} ({len(found)} results)")
 
@@ -361,9 +390,11 @@ def report(suite: str, results_dir: str, out_file: str | None) -> None:
               help="Folder for index.html and every suite's report.")
 def leaderboard(results_dir: str, out_dir: str) -> None:
     """Render an index page across every suite in the store, linking each suite's report (also rendered)."""
+    from .atomic import check_writable_dir, write_atomic
     from .report.render import render_leaderboard, render_report, suite_description
-    from .results import ResultStore, write_atomic
+    from .results import ResultStore
 
+    check_writable_dir(out_dir, "--out-dir")
     store = ResultStore(results_dir)
     suites = store.suites()
     if not suites:
@@ -371,8 +402,11 @@ def leaderboard(results_dir: str, out_dir: str) -> None:
     rows = []
     for name in suites:
         found = sorted(store.latest(name).values(), key=lambda r: (r.spec["order"], r.spec["mode"]))
+        if not found:
+            continue
         write_atomic(Path(out_dir) / f"{name}.html", render_report(name, found, results_dir, suite_description(found)))
         rows += [r.row() for r in found]
+    warn_skipped(store)
     write_atomic(Path(out_dir) / "index.html", render_leaderboard(rows, suites, results_dir))
     click.echo(f"wrote {out_dir}/index.html and {len(suites)} suite reports")
 
@@ -382,8 +416,8 @@ def parse_tolerance(text: str) -> float:
         value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
         raise UserError(f"--tolerance {text!r}: write a percentage (1%) or a fraction (0.01)") from None
-    if value < 0:
-        raise UserError("--tolerance cannot be negative")
+    if not math.isfinite(value) or value < 0:
+        raise UserError(f"--tolerance {text!r}: must be a finite number >= 0 (e.g. 1% or 0.01)")
     return value
 
 
@@ -409,6 +443,7 @@ def gate(suite: str, baseline: str, tolerance: str, metrics: str | None, mode: s
          configs: str | None, update: bool, strict: bool, no_run: bool, junit_file: str | None,
          markdown_file: str | None, bench_file: str | None, out: str) -> None:
     """Compare a suite's memory with a baseline: exit 1 on a regression beyond the tolerance."""
+    from .atomic import check_writable_dir, check_writable_file, write_atomic
     from .config import load_suite, select_methods
     from .gate import (
         DEFAULT_METRICS,
@@ -421,9 +456,17 @@ def gate(suite: str, baseline: str, tolerance: str, metrics: str | None, mode: s
         make_baseline,
     )
     from .gate import markdown as gate_markdown
-    from .results import ResultStore, write_atomic
+    from .results import ResultStore
 
     limit = parse_tolerance(tolerance)
+    outputs = {"--junit": junit_file, "--markdown": markdown_file, "--benchmark-json": bench_file,
+               "$GITHUB_STEP_SUMMARY": os.environ.get("GITHUB_STEP_SUMMARY"), **({"--baseline": baseline} if update else {})}
+    for option, path in outputs.items():
+        if path:
+            check_writable_file(path, option)
+    check_writable_dir(out, "--out")
+    if not update:
+        load_baseline(Path(baseline))  # a bad baseline fails before anything runs
     chosen = tuple(m.strip() for m in metrics.split(",")) if metrics else DEFAULT_METRICS
     unknown = [m for m in chosen if m not in DEFAULT_METRICS]
     if unknown:
@@ -467,23 +510,40 @@ def gate(suite: str, baseline: str, tolerance: str, metrics: str | None, mode: s
         if path:
             write_atomic(Path(path), text)
     if os.environ.get("GITHUB_STEP_SUMMARY"):
-        with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as f:
-            f.write(summary)
+        try:
+            with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as f:
+                f.write(summary)
+        except OSError as exc:
+            raise UserError(f"$GITHUB_STEP_SUMMARY {os.environ['GITHUB_STEP_SUMMARY']}: cannot append ({exc.strerror})") from None
     if failed(changes, strict):
         sys.exit(1)
 
 
+def skipped_note(store: Any) -> str:
+    """For a 'no results' error: the result files that were there but could not be read."""
+    if not store.skipped:
+        return ""
+    path, reason = store.skipped[0]
+    more = f" and {len(store.skipped) - 1} more" if len(store.skipped) > 1 else ""
+    return f" (unreadable: {path}: {reason}{more})"
+
+
+def warn_skipped(store: Any) -> None:
+    """One warning line per unreadable result file; the readable ones are shown all the same."""
+    for path, reason in store.skipped:
+        click.echo(f"warning: skipped unreadable result file {path}: {reason}", err=True)
+
+
 def suite_name(suite: str) -> str:
     """Accept a suite path as well as a name: stored results are keyed by the suite's name."""
-    if suite.endswith(".toml"):
-        import tomllib
-        from pathlib import Path
+    from .config import check_name, read_toml
 
-        try:
-            return str(tomllib.loads(Path(suite).read_text(encoding="utf-8"))["name"])
-        except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:
-            raise UserError(f"cannot read the suite name from {suite}: {exc}") from None
-    return suite
+    if suite.endswith(".toml"):
+        data = read_toml(Path(suite))
+        if "name" not in data:
+            raise UserError(f"{suite}: the suite file has no name")
+        return check_name(data["name"], f"{suite}: the suite")
+    return check_name(suite, "--suite: the suite")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .attention import KERNELS
-from .configurable import Configurable
+from .configurable import Configurable, bounded
 from .errors import UserError
 
 MODES = ("estimate", "cpu", "cuda")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+NAME_MAX = 64  # suite, config and method names become file names (with a time stamp beside them)
 SUITE_KEYS = {"name", "description", "task", "task_options", "steps", "seed", "attention", "configs"}
 CONFIG_KEYS = {
     "name", "title", "paper", "task", "task_options", "batch", "gpus", "accumulate", "steps", "attention", "towers",
@@ -50,19 +51,19 @@ class TrainSpec(Configurable):
     dataset: str = ""  # easy-vqa, flickr30k, mscoco, vqav2, gqa
     format: str = "karpathy"  # retrieval data: "karpathy" (JSON + images) or "precomp" (BUTD features)
     path: str = ""  # dataset folder under the data root (default: the dataset's name)
-    steps: int = 300  # optimizer steps
-    eval_every: int = 100  # validate (and checkpoint) every this many steps
-    eval_batch: int = 256
-    lr: float = 0.0  # 0: the task recipe's learning rate
-    warmup: float = 0.05  # fraction of the steps with a linear warm-up
+    steps: int = bounded(300, at_least=1)  # optimizer steps
+    eval_every: int = bounded(100, at_least=1)  # validate (and checkpoint) every this many steps
+    eval_batch: int = bounded(256, at_least=1)
+    lr: float = bounded(0.0, at_least=0)  # 0: the task recipe's learning rate
+    warmup: float = bounded(0.05, at_least=0, at_most=1)  # fraction of the steps with a linear warm-up
     schedule: str = "cosine"  # "cosine", "step" (x0.1 at decay_at) or "constant"
-    decay_at: float = 0.6  # step schedule: fraction of the steps where the rate drops
+    decay_at: float = bounded(0.6, at_least=0, at_most=1)  # step schedule: fraction of the steps where the rate drops
     amp: str = "none"  # "none", "bf16" or "fp16" (fp16 on a GPU)
     cache: str = "auto"  # hidden-state cache for side methods: "auto" (when inputs are deterministic), "off"
-    val_size: int = 1000  # held out from train for model selection when the dataset has no val split
-    max_train: int = 0  # use only this many training examples (0: all)
-    max_eval: int = 0  # evaluate on at most this many examples (0: all)
-    num_answers: int = 0  # VQA answer vocabulary size (0: every training answer)
+    val_size: int = bounded(1000, at_least=0)  # held out from train for model selection when the dataset has no val split
+    max_train: int = bounded(0, at_least=0)  # use only this many training examples (0: all)
+    max_eval: int = bounded(0, at_least=0)  # evaluate on at most this many examples (0: all)
+    num_answers: int = bounded(0, at_least=0)  # VQA answer vocabulary size (0: every training answer)
 
     def __post_init__(self) -> None:
         choices = {"schedule": ("cosine", "step", "constant"), "amp": ("none", "bf16", "fp16"),
@@ -72,8 +73,6 @@ class TrainSpec(Configurable):
                 raise UserError(f"train.{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         if not self.dataset:
             raise UserError("train needs a dataset (easy-vqa, flickr30k, mscoco, vqav2 or gqa)")
-        if self.steps < 1 or self.eval_every < 1 or self.eval_batch < 1:
-            raise UserError("train.steps, eval_every and eval_batch must be positive")
 
 
 @dataclass
@@ -130,6 +129,40 @@ class Suite:
         return [RunSpec.from_dict({**s.to_dict(), "mode": mode}) for s in self.specs]
 
 
+def name_problem(value: object) -> str:
+    """Why `value` cannot be a suite, config, label or tower name ("" when it can): names become paths."""
+    if not isinstance(value, str):
+        return f"must be a string, got {value!r}"
+    if len(value) > NAME_MAX:
+        return f"{value[:24]!r}... is {len(value)} characters long (at most {NAME_MAX})"
+    if not NAME_RE.match(value):
+        return f"{value!r} may hold only letters, digits and _ . + - (and start with a letter or digit)"
+    return ""
+
+
+def check_name(value: object, what: str) -> str:
+    """`value` if it is a valid name, else a one-line UserError naming `what` it is."""
+    problem = name_problem(value)
+    if problem:
+        raise UserError(f"{what} name {problem}")
+    return value  # type: ignore[return-value]
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's table; any way it cannot be read (missing, not UTF-8, malformed, nested past what the
+    parser can take) is one UserError naming the file."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files must be UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: malformed TOML: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to read") from None
+
+
 def suites_dir() -> Path:
     """The built-in suites: installed as unipt_bench/suites, or the checkout's top-level suites/ (editable)."""
     package = Path(__file__).resolve().parent
@@ -142,8 +175,8 @@ def suites_dir() -> Path:
 def suite_description_of(path: Path) -> str:
     """A suite file's one-line description ("" when it has none or cannot be read)."""
     try:
-        return str(tomllib.loads(path.read_text(encoding="utf-8")).get("description", "")).splitlines()[0]
-    except (OSError, tomllib.TOMLDecodeError, IndexError):
+        return str(read_toml(path).get("description", "")).splitlines()[0]
+    except (UserError, IndexError):
         return ""
 
 
@@ -169,10 +202,8 @@ class SuiteReader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            self.text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"cannot read suite file {path}: {exc}") from None
+        self.data = read_toml(path)
+        self.text = path.read_text(encoding="utf-8")
         self.region: str | None = None  # the config being read: line search starts at its name
 
     def fail(self, message: str, near: object = None) -> UserError:
@@ -188,7 +219,7 @@ class SuiteReader:
             header = re.compile(r"^\s*name\s*=\s*[\"']" + re.escape(self.region) + r"[\"']")
             start = next((i for i, text in enumerate(lines) if header.search(text)), 0)
         pattern = re.compile(r"(?<![A-Za-z0-9_-])" + re.escape(token) + r"(?![A-Za-z0-9_-])")
-        for number in range(start, len(lines)):
+        for number in [*range(start, len(lines)), *range(start)]:  # the config's own lines first (suite defaults)
             if pattern.search(lines[number]):
                 return number + 1
         return None
@@ -217,15 +248,13 @@ class SuiteReader:
 
     def name(self, table: dict[str, Any], key: str, what: str) -> str:
         value = self.typed(table, key, str, what)
-        if not NAME_RE.match(value):
-            raise self.fail(f"{what}: {key} {value!r} may hold only letters, digits and _ . + -", value)
+        problem = name_problem(value)
+        if problem:
+            raise self.fail(f"{what}: {key} {problem}", value)
         return value
 
     def read(self) -> Suite:
-        try:
-            data = tomllib.loads(self.text)
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"{self.path}: malformed TOML: {exc}") from None
+        data = self.data
         self.check_keys(data, SUITE_KEYS, "the suite")
         name = self.name(data, "name", "the suite")
         self.typed(data, "steps", int, "the suite", 2)
@@ -268,7 +297,7 @@ class SuiteReader:
         try:
             task = TASKS.get(task_name).from_options(task_options)
         except UserError as exc:
-            raise self.fail(f"{what}: {exc}") from None
+            raise self.fail(f"{what}: {exc}", getattr(exc, "key", None)) from None
         batch = self.typed(config, "batch", int, what)
         steps = self.typed(config, "steps", int, what, defaults.get("steps", 2))
         accumulate = self.typed(config, "accumulate", int, what, 1)
@@ -281,7 +310,7 @@ class SuiteReader:
             try:
                 train = TrainSpec.from_options(self.table(config["train"], f"{what}: train")).options()
             except UserError as exc:
-                raise self.fail(f"{what}: {exc}", "train") from None
+                raise self.fail(f"{what}: {exc}", getattr(exc, "key", "train")) from None
         gpus_default = self.typed(config, "gpus", int, what, 1)
         towers = config.get("towers", [])
         if not isinstance(towers, list):
@@ -308,10 +337,10 @@ class SuiteReader:
             try:
                 METHODS.get(method).from_options(options)
             except UserError as exc:
-                raise self.fail(f"{what}: {exc}", method) from None
+                raise self.fail(f"{what}: {exc}", getattr(exc, "key", method)) from None
             label = run.get("label", method)
-            if not isinstance(label, str) or not NAME_RE.match(label):
-                raise self.fail(f"{what}: label {label!r} may hold only letters, digits and _ . + -", str(label))
+            if name_problem(label):
+                raise self.fail(f"{what}: label {name_problem(label)}", str(label))
             gpus = self.typed(run, "gpus", int, f"{what}, method {label!r}", gpus_default)
             if batch % gpus:
                 raise self.fail(f"{what}: batch {batch} does not split evenly over {gpus} GPUs", label)
@@ -360,9 +389,11 @@ def load_suite(name_or_path: str) -> Suite:
 
 def select_methods(specs: list[RunSpec], wanted: str | None) -> list[RunSpec]:
     """Keep runs whose method name or label is in the comma-separated `wanted` list."""
-    if not wanted:
+    if wanted is None:
         return specs
     names = [w.strip() for w in wanted.split(",") if w.strip()]
+    if not names:
+        raise UserError(f"--methods {wanted!r} names no method; give method names or labels, comma-separated")
     available = {s.method for s in specs} | {s.label for s in specs}
     missing = [n for n in names if n not in available]
     if missing:

@@ -8,6 +8,7 @@ else is reported as incomparable rather than judged.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ class Change:
     metric: str
     baseline: int | None
     now: int | None
-    verdict: str  # ok, regression, improvement, incomparable, missing, new
+    verdict: str  # ok, regression, improvement, broken, incomparable, missing, new
     reason: str = ""
 
     @property
@@ -101,10 +102,24 @@ def incomparable_reason(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ""
 
 
+def broken_reason(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """Why a run that was `ok` in the baseline is a failure now ("" when it is still ok, or never was).
+
+    Checked before comparability: a crash has no protocol to compare, and must never pass as incomparable.
+    """
+    if old["status"] != "ok" or new["status"] == "ok":
+        return ""
+    message = new.get("message") or "no message"
+    return f"was ok, now {new['status']}: {message}"
+
+
 def compare(baseline: dict[str, Any], results: list[RunResult], tolerance: float,
             metrics: tuple[str, ...] = DEFAULT_METRICS) -> list[Change]:
-    """Every (run, metric) against the baseline: regression or improvement beyond `tolerance` (relative)."""
-    now = {r.key: entry(r) for r in results}
+    """Every (run, metric) against the baseline: regression or improvement beyond `tolerance` (relative);
+    a run that was ok and now is not (error, oom, interrupted, not applicable) is `broken`."""
+    if not math.isfinite(tolerance) or tolerance < 0:
+        raise UserError(f"the tolerance must be a finite number >= 0, got {tolerance!r}")
+    now = {r.key: {**entry(r), "message": r.message} for r in results}
     changes: list[Change] = []
     for key in sorted(set(baseline["entries"]) | set(now)):
         old, new = baseline["entries"].get(key), now.get(key)
@@ -112,6 +127,10 @@ def compare(baseline: dict[str, Any], results: list[RunResult], tolerance: float
             changes.append(Change(key, (old or new)["counter"] or "", "*", None, None,
                                   "new" if old is None else "missing",
                                   "not in the baseline" if old is None else "no current result"))
+            continue
+        reason = broken_reason(old, new)
+        if reason:
+            changes.append(Change(key, new["counter"] or old["counter"] or "", "*", None, None, "broken", reason))
             continue
         reason = incomparable_reason(old, new)
         if reason:
@@ -133,8 +152,8 @@ def compare(baseline: dict[str, Any], results: list[RunResult], tolerance: float
 
 
 def failing_verdicts(strict: bool) -> set[str]:
-    """Verdicts that fail the gate: regressions and missing runs, and with strict also improvements."""
-    return {"regression", "missing"} | ({"improvement"} if strict else set())
+    """Verdicts that fail the gate: regressions, broken and missing runs, and with strict also improvements."""
+    return {"regression", "broken", "missing"} | ({"improvement"} if strict else set())
 
 
 def failed(changes: list[Change], strict: bool) -> bool:
@@ -150,7 +169,7 @@ def human(n: int | None) -> str:
 
 def markdown(suite: str, changes: list[Change], tolerance: float, strict: bool) -> str:
     verdicts = {v: sum(c.verdict == v for c in changes) for v in
-                ("regression", "improvement", "ok", "incomparable", "missing", "new")}
+                ("broken", "regression", "improvement", "ok", "incomparable", "missing", "new")}
     status = "FAILED" if failed(changes, strict) else "passed"
     lines = [f"### unipt-bench memory gate: {suite} {status}", "",
              f"Tolerance {tolerance:.2%}{', strict' if strict else ''}: "

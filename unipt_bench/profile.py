@@ -186,6 +186,7 @@ class RunOptions:
     nvml_interval: float = 0.01  # seconds between NVML samples
     data_root: str = "data"  # training: where datasets live
     checkpoints: str | None = None  # training: this run's checkpoint folder (resumed when it holds one)
+    resume: bool = True  # training: resume from the checkpoint folder; False (--force): train from scratch
 
 
 def materialise(spec: RunSpec, stack: ExitStack) -> Built:

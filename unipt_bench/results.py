@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .config import RunSpec
-from .errors import UserError
+from .atomic import atomic_file
+from .config import NAME_RE, RunSpec, check_name
 from .memory.base import CATEGORIES
 
 SCHEMA_VERSION = 1
@@ -62,7 +60,33 @@ class RunResult:
             result.run_spec  # noqa: B018  (the spec must parse too)
         except (TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"malformed result: {exc!r}") from None
+        result.check()
         return result
+
+    def check(self) -> None:
+        """Field types and values, so that a malformed file fails here and not deep inside a report."""
+        def expect(ok: bool, what: str) -> None:
+            if not ok:
+                raise ValueError(f"malformed result: {what}")
+
+        expect(self.status in STATUSES, f"status {self.status!r} is not one of {', '.join(STATUSES)}")
+        expect(isinstance(self.digest, str), "digest must be a string")
+        for name in ("params", "memory", "timing", "protocol", "metrics", "calibration"):
+            value = getattr(self, name)
+            expect(value is None or isinstance(value, dict), f"{name} must be an object or null")
+        expect(isinstance(self.env, dict), "env must be an object")
+        for name in ("message", "detail"):
+            expect(getattr(self, name) is None or isinstance(getattr(self, name), str), f"{name} must be a string")
+        expect(isinstance(self.started, str) and isinstance(self.finished, str), "started/finished must be strings")
+        for key, value in (self.params or {}).items():
+            expect(value is None or type(value) is int, f"params.{key} must be an integer")
+        for counter, figures in (self.memory or {}).items():
+            expect(isinstance(figures, dict), f"memory.{counter} must be an object")
+            peak = figures.get("peak_bytes")
+            expect(peak is None or type(peak) is int, f"memory.{counter}.peak_bytes must be an integer")
+            for field_name in ("by_category", "by_phase", "by_owner"):
+                expect(isinstance(figures.get(field_name, {}), dict), f"memory.{counter}.{field_name} must be an object")
+        expect(self.spec.get("mode") in PRIMARY_COUNTER, f"spec.mode {self.spec.get('mode')!r} is not a mode")
 
     def primary_memory(self) -> dict[str, Any] | None:
         """The counter that gives this mode's peak_bytes (MemTracker for estimate/cpu, the allocator for cuda)."""
@@ -113,41 +137,34 @@ def stamp(time: str) -> str:
     return time.replace(":", "").replace("-", "")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".partial")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results and reports are meant to be shared
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class ResultStore:
     """<root>/<suite>/<config>/<label>.<mode>.<UTC time>.json; the newest file of a run is its result."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+        self.skipped: list[tuple[Path, str]] = []  # result files that could not be read, and why
 
     def run_file(self, spec: RunSpec, suffix: str, folder: str | None = None) -> Path:
         """<root>[/<folder>]/<suite>/<config>/<label>.<mode>.<suffix>: every file of a run is named alike."""
         base = self.root / folder if folder else self.root
+        for value, what in ((spec.suite, "suite"), (spec.config, "config"), (spec.label, "label")):
+            check_name(value, what)  # names become paths: never outside the store
         return base / spec.suite / spec.config / f"{spec.label}.{spec.mode}.{suffix}"
 
     def write(self, result: RunResult) -> Path:
-        path = self.run_file(result.run_spec, f"{stamp(result.finished)}.json")
-        while path.exists():  # never overwrite, even within one microsecond
-            path = path.with_name(path.stem + "_.json")
-        write_atomic(path, result.to_json())
-        return path
+        """Store a result under a new name: created exclusively, so two writers with the same time stamp
+        both keep their result (the second takes the next free name)."""
+        base = self.run_file(result.run_spec, stamp(result.finished))
+        text = result.to_json()
+        for attempt in range(1000):
+            path = base.with_name(f"{base.name}{'_' * attempt}.json")
+            try:
+                with atomic_file(path, exclusive=True) as f:
+                    f.write(text)
+                return path
+            except FileExistsError:
+                continue
+        raise OSError(f"no free result file name beside {base}")
 
     def snapshot_path(self, spec: RunSpec) -> Path:
         """Where a run's allocator snapshot goes: beside its result, named like it."""
@@ -164,7 +181,9 @@ class ResultStore:
         return self.run_file(spec, f"{stamp(now())}.json", folder="_fits")
 
     def all(self, suite: str) -> list[tuple[Path, RunResult]]:
-        folder = self.root / suite
+        """Every readable result of a suite. Unreadable or malformed files are skipped, each recorded in
+        `self.skipped` as (path, reason), so one bad file never hides the others."""
+        folder = self.root / check_name(suite, "suite")
         found = []
         for path in sorted(folder.glob("*/*.json")):
             if path.name.startswith("."):  # a temporary file of an interrupted write
@@ -172,7 +191,7 @@ class ResultStore:
             try:
                 found.append((path, RunResult.from_json(path.read_text(encoding="utf-8"))))
             except (ValueError, OSError, UnicodeDecodeError) as exc:
-                raise UserError(f"unreadable result file {path}: {exc}") from None
+                self.skipped.append((path, str(exc)))
         return found
 
     def latest(self, suite: str) -> dict[str, RunResult]:
@@ -187,7 +206,8 @@ class ResultStore:
     def suites(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and any(p.glob("*/*.json")))
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and NAME_RE.match(p.name) and any(p.glob("*/*.json")))
 
     def is_complete(self, spec: RunSpec, latest: dict[str, RunResult]) -> bool:
         done = latest.get(spec.key)

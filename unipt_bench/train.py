@@ -9,9 +9,9 @@ checkpoints around it.
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .atomic import atomic_file
 from .backbones import create_backbone, weights_source
 from .build import Built, build, module_owner, parameter_counts
 from .cache import HiddenCache
@@ -29,8 +30,10 @@ from .memory.base import Trackers
 from .memory.cpu import RssTracker
 from .memory.cuda import CudaTracker
 from .memory.estimate import TensorMemoryTracker
+from .memory.segments import merge_segments, with_segment
 from .methods.base import SideTuned
 from .profile import NullTracker, RunOptions, make_optimizer, protocol, synchronizer, train_step
+from .results import now, stamp
 from .tasks import TASKS
 from .tasks.vqa_data import to_device
 
@@ -72,10 +75,42 @@ def batch_rows(size: int, batch: int, step: int, seed: int) -> list[int]:
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through a unique temporary file, fsynced, then renamed: concurrent writers never collide
+    and a kill never leaves half a checkpoint."""
+    with atomic_file(path, "wb") as f:
+        torch.save(obj, f)
+
+
+CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "rng", "step", "best", "history"}
+
+
+def load_checkpoint(folder: Path) -> dict[str, Any] | None:
+    """The last checkpoint in `folder`, or None when there is none or it (or the best one it names) does not
+    load: such files are set aside with a warning, and the run starts over."""
+    last, best = folder / "last.pt", folder / "best.pt"
+    if not last.is_file():
+        return None
+    try:
+        saved = torch.load(last, weights_only=True)
+        missing = CHECKPOINT_KEYS - set(saved) if isinstance(saved, dict) else CHECKPOINT_KEYS
+        if missing:
+            raise ValueError(f"missing {', '.join(sorted(missing))}")
+        if saved["best"] is not None:
+            torch.load(best, weights_only=True)["model"]  # noqa: B018  (the run ends by loading it)
+        return saved
+    except Exception as exc:  # noqa: BLE001  (any way a checkpoint fails to load means: start over)
+        set_aside(folder, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return None
+
+
+def set_aside(folder: Path, reason: str) -> None:
+    """Rename a checkpoint folder's files to *.unusable-<time> and warn: the run trains from scratch."""
+    suffix = f".unusable-{stamp(now())}"
+    for path in (folder / "last.pt", folder / "best.pt"):
+        if path.exists():
+            path.rename(path.with_name(path.name + suffix))
+    warnings.warn(f"checkpoint in {folder} does not load ({reason}); set aside as *{suffix}, training from scratch",
+                  stacklevel=2)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -140,19 +175,33 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
         else [TensorMemoryTracker(built.model, optimizer, [], "memtracker_real", module_owner(built.model)), RssTracker()]
     )
     last, best_path = checkpoints / "last.pt", checkpoints / "best.pt"
-    state: dict[str, Any] = {"step": 0, "best": None, "history": [], "resumed_from": None}
-    if last.is_file():
-        saved = torch.load(last, weights_only=True)
-        load_trainable(built.model, saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
+    # earlier segments of this run (before a resume): their memory, timed steps, seconds and last loss
+    state: dict[str, Any] = {"step": 0, "best": None, "history": [], "resumed_from": None, "memory": None,
+                             "seconds": [], "train_seconds": 0.0, "final_loss": None}
+    saved = load_checkpoint(checkpoints) if options.resume else None
+    if saved is not None:
+        try:
+            load_trainable(built.model, saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+        except (UserError, ValueError, KeyError, RuntimeError) as exc:
+            set_aside(checkpoints, str(exc).splitlines()[0])
+            return train_run(spec, options, report)  # a fresh model, optimizer and schedule
         torch.set_rng_state(saved["rng"])
-        state.update(step=saved["step"], best=saved["best"], history=saved["history"], resumed_from=saved["step"])
+        state.update({k: saved[k] for k in ("step", "best", "history")}, resumed_from=saved["step"])
+        state.update({k: saved[k] for k in ("memory", "seconds", "train_seconds", "final_loss") if k in saved})
+    segment_start = state["step"]
+
+    def memory_so_far() -> dict[str, Any]:
+        """This run's memory over every segment: the earlier ones' and this process's up to now."""
+        return merge_segments(state["memory"], with_segment(trackers.results(), segment_start, state["step"]))
 
     def checkpoint() -> None:
         save_atomic({"model": trainable_state(built.model), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "step": state["step"],
-                     "best": state["best"], "history": state["history"]}, last)
+                     "best": state["best"], "history": state["history"], "memory": memory_so_far(),
+                     "seconds": [*state["seconds"], *seconds], "train_seconds": state["train_seconds"] + elapsed(),
+                     "final_loss": losses[-1] if losses else state["final_loss"]}, last)
 
     tracking = {"open": True}  # whether the trackers still run (cpu closes them after the first steps)
 
@@ -179,6 +228,9 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
     grad_clip = built.task.recipe.grad_clip
     sync = synchronizer(spec.mode)
     started = time.perf_counter()
+
+    def elapsed() -> float:
+        return time.perf_counter() - started
     with ExitStack() as stack:
         stack.enter_context(trackers)
         while state["step"] < train.steps:
@@ -204,7 +256,7 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
             if state["step"] % train.eval_every == 0 or state["step"] == train.steps:
                 validate()
                 checkpoint()
-        train_seconds = time.perf_counter() - started
+        train_seconds = state["train_seconds"] + elapsed()
         load_trainable(built.model, torch.load(best_path, weights_only=True)["model"])
         if spec.mode == "cuda":  # the allocator's counters cost nothing: the test evaluation is tracked too
             trackers.mark("evaluation")
@@ -213,15 +265,19 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
         built.model.eval()
         with autocast():
             test = data.evaluate(built.model, "test", inputs, train.eval_batch, device)
-    memory = trackers.results()
+    memory = memory_so_far()
+    if state["resumed_from"] and state["memory"] is None:  # a checkpoint that kept no memory figures
+        for figures in memory.values():
+            figures["note"] = f"covers the steps after the resume at step {state['resumed_from']} only"
+    timed = [*state["seconds"], *seconds]
     return {
         "params": parameter_counts(built),
         "memory": memory,
-        "timing": {"step_seconds": statistics.median(seconds) if seconds else None,
-                   "train_seconds": train_seconds, "steps_timed": len(seconds)},
+        "timing": {"step_seconds": statistics.median(timed) if timed else None,
+                   "train_seconds": train_seconds, "steps_timed": len(timed)},
         "protocol": {**protocol(spec, built), "train": train.options(), "amp": None if not amp else train.amp},
         "metrics": {"test": test, "best": state["best"], "history": state["history"], "baseline": data.baseline("test"),
-                    "selection": data.selection, "data": data.describe(), "final_loss": losses[-1] if losses else None,
+                    "selection": data.selection, "data": data.describe(), "final_loss": losses[-1] if losses else state["final_loss"],
                     "resumed_from_step": state["resumed_from"],
                     "cache": {name: c.stats() for name, c in caches.items()},
                     "weights": {t.name: weights_source(t.backbone, t.weights) for t in spec.towers}},

@@ -28,8 +28,9 @@ def _pyplot() -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # text.parse_math off: titles and labels come from users' suites, and a "$" must stay a dollar sign
     plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
-                         "axes.spines.right": False})
+                         "axes.spines.right": False, "text.parse_math": False})
     return plt
 
 
