@@ -64,7 +64,29 @@ def load_baseline(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: not a baseline file ({exc})") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("entries"), dict):
         raise UserError(f"{path}: not a unipt-bench baseline (schema {SCHEMA})")
+    for key, value in data["entries"].items():
+        problem = entry_problem(value)
+        if problem:
+            raise UserError(f"{path}: entry {key!r}: {problem}")
     return data
+
+
+ENTRY_FIELDS = {"digest": str, "status": str, "metrics": dict, "protocol": dict, "versions": dict}
+
+
+def entry_problem(value: Any) -> str:
+    """What is wrong with one baseline entry ("" when nothing): the fields `compare` reads, with their types."""
+    if not isinstance(value, dict):
+        return f"must be an object, got {value!r}"
+    for name, kind in ENTRY_FIELDS.items():
+        if not isinstance(value.get(name), kind):
+            return f"{name} must be a {'string' if kind is str else 'object'}, got {value.get(name)!r}"
+    if value.get("counter") is not None and not isinstance(value["counter"], str):
+        return f"counter must be a string, got {value['counter']!r}"
+    for metric, figure in value["metrics"].items():
+        if type(figure) is not int:
+            return f"metrics.{metric} must be an integer, got {figure!r}"
+    return ""
 
 
 @dataclass

@@ -17,6 +17,7 @@ class RssTracker:
     """Peak RSS before and after the tracked steps; the difference is what the steps added."""
 
     counter = "rss"
+    after: int | None = None  # set on exit; a result read before then reports the peak so far
 
     def __enter__(self) -> RssTracker:
         self.before = max_rss_bytes()
@@ -35,6 +36,6 @@ class RssTracker:
         return {
             "counter": "rss",
             "source": "getrusage(RUSAGE_SELF).ru_maxrss",
-            "peak_bytes": self.after,
+            "peak_bytes": self.after if self.after is not None else max_rss_bytes(),
             "peak_before_steps_bytes": self.before,
         }
