@@ -212,3 +212,39 @@ def test_names_that_would_leave_the_store_are_refused(tmp_path, spec_factory, fi
 def test_dollar_signs_in_user_text_stay_text_in_figures() -> None:
     svg = figures.tradeoff(["$\\frac$", "cost $5"], [1.0, 2.0], [3.0, 4.0], "x", "y", "$^$ title")
     assert "$\\frac$" in svg and "cost $5" in svg
+
+
+# ---------------------------------------------------------------- option ranges
+
+
+def configurables() -> list[type]:
+    from unipt_bench.config import TrainSpec
+    from unipt_bench.methods import METHODS
+    from unipt_bench.tasks import TASKS
+
+    return [METHODS.get(n) for n in METHODS.names()] + [TASKS.get(n) for n in TASKS.names()] + [TrainSpec]
+
+
+@pytest.mark.parametrize("cls", configurables(), ids=lambda cls: f"{cls.kind_label}-{cls.name}")
+def test_every_numeric_option_declares_a_range_its_default_obeys(cls) -> None:
+    from dataclasses import fields
+
+    from unipt_bench.configurable import default_of, range_of
+
+    for f in fields(cls):
+        default = default_of(f)
+        if f.type in ("int", "float", "list[int]"):
+            declared = range_of(cls, f.name)
+            assert declared is not None, f"{cls.name}.{f.name} has no valid range"
+            assert all(declared.admits(v) for v in (default if isinstance(default, list) else [default]))
+
+
+def test_an_out_of_range_option_names_its_file_and_line(tmp_path) -> None:
+    from unipt_bench.config import load_suite
+
+    suite = tmp_path / "s.toml"
+    suite.write_text('name = "s"\n\n[[configs]]\nname = "c"\nbatch = 4\ntowers = [\n'
+                     '  { name = "text", backbone = "tiny-bert" },\n  { name = "image", backbone = "tiny-regions", '
+                     'tuned = false },\n]\nmethods = [\n  "full",\n  { method = "lora", rank = 0 },\n]\n')
+    with pytest.raises(UserError, match=rf"^{suite}:12: config 'c': method 'lora': option rank must be >= 1, got 0$"):
+        load_suite(str(suite))
