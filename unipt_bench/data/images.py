@@ -18,8 +18,8 @@ def load_image(path: Path | str, size: int) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{path}: not a readable image ({exc}); expected a JPEG, PNG or other format PIL reads") from None
     return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1).clone()
 
 

@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+from .files import brief, check_images, expect, field, read_json, read_text, typed
 
 KARPATHY_SPLITS = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}
 
@@ -36,33 +36,41 @@ class ImageTextData:
 
 
 def load_karpathy(json_path: Path, image_dir: Path, split: str) -> ImageTextData:
-    try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
-        entries = data["images"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{json_path}: not a Karpathy-split file ({exc}); expected {{\"images\": [...]}}") from None
+    data = read_json(json_path, "Karpathy-split file")
+    expect(isinstance(data, dict) and "images" in data, json_path,
+           f'not a Karpathy-split file: expected {{"images": [...]}}, got {brief(data)}')
+    entries = typed(data["images"], list, json_path, "images")
     wanted = KARPATHY_SPLITS.get(split, (split,))
     paths: list[Path] = []
     captions: list[str] = []
     caption_image: list[int] = []
-    for entry in entries:
-        if entry.get("split") not in wanted:
+    for n, entry in enumerate(entries):
+        where = f"images[{n}]"
+        if field(entry, "split", str, json_path, where) not in wanted:
             continue
-        try:
-            path = image_dir / entry.get("filepath", "") / entry["filename"]
-            sentences = [s["raw"] for s in entry["sentences"]]
-        except (KeyError, TypeError) as exc:
-            raise UserError(f"{json_path}: an image entry lacks {exc}; expected filename and sentences[].raw") from None
-        for sentence in sentences:
-            captions.append(sentence)
+        folder = typed(entry.get("filepath", ""), str, json_path, f"{where}.filepath")
+        path = image_dir / folder / field(entry, "filename", str, json_path, where)
+        sentences = field(entry, "sentences", list, json_path, where)
+        for k, sentence in enumerate(sentences):
+            captions.append(field(sentence, "raw", str, json_path, f"{where}.sentences[{k}]"))
             caption_image.append(len(paths))
         paths.append(path)
-    if not paths:
-        raise UserError(f"{json_path}: no images in split {split!r}")
-    missing = [p for p in paths[:20] if not p.is_file()]
-    if missing:
-        raise UserError(f"image {missing[0]} listed in {json_path} is missing (expected under {image_dir})")
+    expect(paths, json_path, f"no images in split {split!r}")
+    check_images(paths, json_path)
     return ImageTextData(captions, caption_image, image_paths=paths)
+
+
+def load_features(path: Path) -> np.ndarray:
+    """Region features [images, regions, dims] from a .npy file, memory-mapped."""
+    expected = "expected region features [images, regions, dims]"
+    try:
+        features = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"{path}: not a NumPy .npy array ({exc}); {expected}") from None
+    expect(isinstance(features, np.ndarray), path, f"not a NumPy .npy array (an .npz archive?); {expected}")
+    expect(features.ndim == 3 and all(features.shape), path, f"{expected}, got shape {features.shape}")
+    expect(features.dtype.kind in "fiu", path, f"{expected} of numbers, got dtype {features.dtype}")
+    return features
 
 
 def load_precomp(folder: Path, split: str) -> ImageTextData:
@@ -70,16 +78,14 @@ def load_precomp(folder: Path, split: str) -> ImageTextData:
     for path in (ims, caps):
         if not path.is_file():
             raise UserError(f"missing {path}: the precomp layout needs {split}_ims.npy and {split}_caps.txt")
-    try:
-        features = np.load(ims, mmap_mode="r")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{ims}: not a NumPy array ({exc})") from None
-    captions = [line.strip() for line in caps.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if features.ndim != 3:
-        raise UserError(f"{ims}: expected region features [images, regions, dims], got shape {features.shape}")
+    features = load_features(ims)
+    text = read_text(caps, "captions, one per line")
+    captions = [line.strip() for line in text.splitlines() if line.strip()]
+    expect(captions, caps, "no captions; expected one caption per line")
     if len(features) == len(captions) and len(captions) % 5 == 0:
         features = features[::5]  # one row per caption: keep one copy of each image
-    if len(captions) % len(features):
-        raise UserError(f"{caps}: {len(captions)} captions do not divide among {len(features)} images")
+    expect(len(captions) % len(features) == 0, caps,
+           f"{len(captions)} captions for {len(features)} images in {ims.name}; "
+           "expected the same number for every image")
     per_image = len(captions) // len(features)
     return ImageTextData(captions, [i // per_image for i in range(len(captions))], features=features)

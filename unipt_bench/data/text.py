@@ -10,6 +10,8 @@ from typing import Protocol
 
 import torch
 
+from ..errors import UserError
+
 PAD, CLS, SEP = 0, 1, 2
 
 
@@ -43,7 +45,13 @@ class PretrainedTokenizer:
     def __init__(self, source: str) -> None:
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+        except Exception as exc:  # the tokenizers library reports a malformed file as a plain Exception
+            raise UserError(
+                f"{source}: cannot load its tokenizer ({type(exc).__name__}: {exc}); expected the tokenizer files "
+                "transformers writes (tokenizer.json, tokenizer_config.json, vocab.txt or vocab.json)"
+            ) from None
 
     def __call__(self, texts: list[str], length: int) -> dict[str, torch.Tensor]:
         out = self.tokenizer(texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt")

@@ -10,12 +10,12 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from .files import check_images, expect, field, read_json, typed
 
 
 @dataclass
@@ -32,42 +32,44 @@ def answer_vocabulary(data: QAData, size: int | None = None) -> list[str]:
     return ranked[:size] if size else ranked
 
 
-def read_json(path: Path, what: str) -> object:
-    if not path.is_file():
-        raise UserError(f"missing {path} ({what})")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-
-
 def load_vqav2(root: Path, split: str) -> QAData:
-    questions = read_json(root / f"v2_OpenEnded_mscoco_{split}2014_questions.json", "VQAv2 questions")
-    annotations = read_json(root / f"v2_mscoco_{split}2014_annotations.json", "VQAv2 annotations")
-    try:
-        answers = {a["question_id"]: [x["answer"] for x in a["answers"]] for a in annotations["annotations"]}
-        items = questions["questions"]
-        image = root / "images" / f"{split}2014"
-        return QAData(
-            [q["question"] for q in items],
-            [image / f"COCO_{split}2014_{q['image_id']:012d}.jpg" for q in items],
-            [answers[q["question_id"]] for q in items],
-        )
-    except (KeyError, TypeError) as exc:
-        raise UserError(f"{root}: VQAv2 files lack {exc} (see the question and annotation formats)") from None
+    questions_path = root / f"v2_OpenEnded_mscoco_{split}2014_questions.json"
+    annotations_path = root / f"v2_mscoco_{split}2014_annotations.json"
+    questions = field(read_json(questions_path, "VQAv2 questions"), "questions", list, questions_path)
+    annotations = field(read_json(annotations_path, "VQAv2 annotations"), "annotations", list, annotations_path)
+    answers = {}
+    for n, annotation in enumerate(annotations):
+        where = f"annotations[{n}]"
+        entries = field(annotation, "answers", list, annotations_path, where)
+        answers[field(annotation, "question_id", int, annotations_path, where)] = [
+            field(a, "answer", str, annotations_path, f"{where}.answers[{k}]") for k, a in enumerate(entries)
+        ]
+    data = QAData([], [], [])
+    image = root / "images" / f"{split}2014"
+    for n, question in enumerate(questions):
+        where = f"questions[{n}]"
+        qid = field(question, "question_id", int, questions_path, where)
+        expect(qid in answers, annotations_path, f"no annotation for question_id {qid} (of {questions_path.name})")
+        image_id = field(question, "image_id", int, questions_path, where)
+        data.questions.append(field(question, "question", str, questions_path, where))
+        data.image_paths.append(image / f"COCO_{split}2014_{image_id:012d}.jpg")
+        data.answers.append(answers[qid])
+    check_images(data.image_paths, questions_path)
+    return data
 
 
 def load_gqa(root: Path, split: str) -> QAData:
-    questions = read_json(root / "questions" / f"{split}_balanced_questions.json", "GQA questions")
-    try:
-        items = list(questions.values())
-        return QAData(
-            [q["question"] for q in items],
-            [root / "images" / f"{q['imageId']}.jpg" for q in items],
-            [[q["answer"]] for q in items],
-        )
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise UserError(f"{root}: GQA questions lack {exc} (expected {{qid: {{imageId, question, answer}}}})") from None
+    path = root / "questions" / f"{split}_balanced_questions.json"
+    questions = typed(read_json(path, "GQA questions"), dict, path, "")
+    expect(questions, path, "no questions; expected {qid: {imageId, question, answer}}")
+    data = QAData([], [], [])
+    for qid, question in questions.items():
+        where = f'"{qid}"'
+        data.questions.append(field(question, "question", str, path, where))
+        data.image_paths.append(root / "images" / f"{field(question, 'imageId', str, path, where)}.jpg")
+        data.answers.append([field(question, "answer", str, path, where)])
+    check_images(data.image_paths, path)
+    return data
 
 
 def load_easy_vqa(split: str) -> QAData:
