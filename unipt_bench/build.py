@@ -23,13 +23,14 @@ class Built:
 
 
 def build(spec: RunSpec, weights: bool = True) -> Built:
-    """Build on the current default device (meta for estimates). weights=False builds every backbone random."""
+    """Build on the current default device (meta for estimates). weights=False builds every backbone with random
+    values, in the architecture its weights' config describes (so every mode measures the same model)."""
     torch.manual_seed(spec.seed)
     task = TASKS.get(spec.task).from_options(spec.task_options)
     method = create_method(spec.method, spec.method_options)
     towers: dict[str, Tower] = {}
     for t in spec.towers:
-        backbone = create_backbone(t.backbone, t.weights if weights else "random")
+        backbone = create_backbone(t.backbone, t.weights, load=weights)
         if t.tuned:
             module = method.apply(backbone, task.out_dim)  # raises NotApplicable
             width = method.output_width(backbone, task.out_dim)

@@ -40,6 +40,9 @@ class TowerSpec:
     weights: str = "random"
     shape: dict[str, int] = field(default_factory=dict)  # profiling input shape, e.g. {"seq_len": 32}
     pooling: str | None = None  # how the task head pools this tower (None: the task's default)
+    # a fingerprint of the architecture when it comes from outside the package (a checkpoint's config,
+    # an hf: or timm: name), so that the digest changes when that architecture does; "" otherwise
+    architecture: str = ""
 
 
 @dataclass
@@ -115,6 +118,9 @@ class RunSpec:
         data = self.to_dict()
         data.pop("order")
         data.pop("title")
+        for tower in data["towers"]:
+            if not tower["architecture"]:  # registered, random-weight towers: digests as before the field
+                tower.pop("architecture")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -280,7 +286,7 @@ class SuiteReader:
         return Suite(name, str(data.get("description", "")), str(self.path), specs)
 
     def read_config(self, suite: str, defaults: dict[str, Any], config: dict[str, Any]) -> list[RunSpec]:
-        from .backbones import BACKBONES, create_backbone
+        from .backbones import BACKBONES, create_backbone, is_backbone
         from .methods import METHODS
         from .tasks import TASKS
 
@@ -315,7 +321,7 @@ class SuiteReader:
         towers = config.get("towers", [])
         if not isinstance(towers, list):
             raise self.fail(f"{what}: towers must be a list of tables", "towers")
-        towers = [self.read_tower(t, what, BACKBONES, create_backbone) for t in towers]
+        towers = [self.read_tower(t, what, BACKBONES, create_backbone, is_backbone) for t in towers]
         try:
             task.check_towers(len(towers))
         except UserError as exc:
@@ -354,7 +360,7 @@ class SuiteReader:
             )
         return specs
 
-    def read_tower(self, tower: dict[str, Any], what: str, backbones: Any, create: Any) -> TowerSpec:
+    def read_tower(self, tower: dict[str, Any], what: str, backbones: Any, create: Any, known: Any) -> TowerSpec:
         import torch
 
         from .tasks.pooling import POOLINGS
@@ -365,22 +371,30 @@ class SuiteReader:
         if tname == "targets":
             raise self.fail(f"{what}: 'targets' is reserved for the task's training targets", tname)
         backbone = self.typed(tower, "backbone", str, f"{what}, tower {tname!r}")
-        if backbone not in backbones:
-            raise self.fail(
-                f"{what}: unknown backbone {backbone!r} (known: {', '.join(backbones.names())})", backbone
-            )
-        with torch.device("meta"):
-            shape_keys = create(backbone, "random").shape_defaults
+        if not known(backbone):
+            raise self.fail(f"{what}: unknown backbone {backbone!r} (known: {', '.join(backbones.names())}, "
+                            "hf:<hub id or folder>, timm:<model name>)", backbone)
+        weights = self.typed(tower, "weights", str, f"tower {tname!r}", "random")
+        try:
+            with torch.device("meta"):  # the architecture every mode builds: the weights' own, when given
+                built = create(backbone, weights, load=False)
+        except UserError as exc:
+            raise self.fail(f"{what}: tower {tname!r}: {exc}", backbone) from None
+        except Exception as exc:  # noqa: BLE001  (a user's model may fail to build in any way: one line)
+            raise self.fail(f"{what}: tower {tname!r}: cannot build {backbone}: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}", backbone) from None
+        shape_keys = built.shape_defaults
+        external = weights != "random" or backbone not in backbones
+        architecture = hashlib.sha256(repr(built).encode()).hexdigest()[:16] if external else ""
         self.check_keys(tower, TOWER_KEYS | set(shape_keys), f"tower {tname!r} of {what} ({backbone})")
         shape = {k: self.typed(tower, k, int, f"tower {tname!r}") for k in shape_keys if k in tower}
         tuned = tower.get("tuned", True)
         if not isinstance(tuned, bool):
             raise self.fail(f"{what}: tower {tname!r}: tuned must be true or false", "tuned")
-        weights = self.typed(tower, "weights", str, f"tower {tname!r}", "random")
         pooling = tower.get("pooling")
         if pooling is not None and pooling not in POOLINGS:
             raise self.fail(f"{what}: tower {tname!r}: pooling must be one of {', '.join(POOLINGS)}", str(pooling))
-        return TowerSpec(tname, backbone, tuned, weights, shape, pooling)
+        return TowerSpec(tname, backbone, tuned, weights, shape, pooling, architecture)
 
 
 def load_suite(name_or_path: str) -> Suite:
@@ -389,7 +403,7 @@ def load_suite(name_or_path: str) -> Suite:
 
 def select_methods(specs: list[RunSpec], wanted: str | None) -> list[RunSpec]:
     """Keep runs whose method name or label is in the comma-separated `wanted` list."""
-    if wanted is None:
+    if not wanted:
         return specs
     names = [w.strip() for w in wanted.split(",") if w.strip()]
     if not names:

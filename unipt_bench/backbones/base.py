@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -55,6 +55,58 @@ class Backbone(nn.Module):
     def dummy_inputs(self, batch: int, **shape: int) -> dict[str, torch.Tensor]:  # pragma: no cover
         """Inputs shaped like one real batch (for profiling; values are random)."""
         raise NotImplementedError
+
+    def missing(self, capability: type) -> str:
+        """Why this backbone lacks a capability protocol ("" when it has it); methods become not_applicable."""
+        if isinstance(self, capability):
+            return ""
+        return f"{type(self).__name__} offers no {capability.__name__.lower()} ({capability.__doc__.splitlines()[0]})"
+
+
+# -- capabilities: what a method may ask of a backbone. A backbone has one when it defines its members;
+# -- `Backbone.missing` may still refuse it per instance (e.g. a model that computes attention itself).
+
+
+@runtime_checkable
+class Blocks(Protocol):
+    """repeated layers or stages, in order, that methods unfreeze or attach to"""
+
+    def blocks(self) -> list[nn.Module]: ...
+
+
+@runtime_checkable
+class AdapterSites(Protocol):
+    """projections (or stages) a bottleneck adapter can follow"""
+
+    def adapter_sites(self) -> list[tuple[nn.Module, str, int]]: ...
+
+
+@runtime_checkable
+class LoraTargets(Protocol):
+    """linear projections low-rank updates can be injected into"""
+
+    def lora_targets(self) -> tuple[nn.Module, list[str]]: ...
+
+
+@runtime_checkable
+class AttentionFunctions(Protocol):
+    """per-layer attention through a switchable attention function, where prefixes can join keys and values"""
+
+    num_layers: int
+    num_heads: int
+
+    def attention_modules(self) -> list[nn.Module]: ...
+
+    def set_attention(self, implementation: str) -> None: ...
+
+
+@runtime_checkable
+class SideLayers(Protocol):
+    """a factory of narrow layers of the backbone's own kind, for a side network"""
+
+    def side_layer(self, reduction: int) -> nn.Module: ...
+
+    def run_side_layer(self, layer: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)

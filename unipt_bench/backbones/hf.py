@@ -16,7 +16,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from ..errors import UserError
-from .base import Backbone, BackboneOutput, padded_mask
+from .base import AttentionFunctions, Backbone, BackboneOutput, padded_mask
 
 
 @dataclass(frozen=True)
@@ -38,21 +38,78 @@ def get_path(module: nn.Module, path: str) -> nn.Module:
     return module
 
 
+CONFIG_ONLY = "config:"  # weights "config:<source>": the source's architecture, random values (estimates)
+# config fields that decide a model's shapes and what it stores for backward (attribute_map aware)
+ARCHITECTURE_FIELDS = (
+    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+    "max_position_embeddings", "type_vocab_size", "image_size", "patch_size", "num_channels", "hidden_act",
+    "hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "dropout", "projection_dim",
+)
+# config entries that describe a checkpoint's provenance or defaults for outputs, not its architecture
+METADATA_FIELDS = {
+    "_name_or_path", "architectures", "transformers_version", "torch_dtype", "dtype", "id2label", "label2id",
+    "_commit_hash", "_attn_implementation_autoset", "return_dict", "output_hidden_states", "output_attentions",
+    "use_cache", "problem_type", "finetuning_task", "tokenizer_class", "task_specific_params",
+    "gradient_checkpointing",
+}
+
+
+def read_config(config_cls: type[PretrainedConfig], source: str, what: str = "load weights") -> PretrainedConfig:
+    """A checkpoint's config (hub name or local folder), as `config_cls`; one-line error when unreadable."""
+    try:
+        return config_cls.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        where = "local path" if Path(source).exists() else "hub name (is it in the local cache?)"
+        raise UserError(f"cannot {what} from {where} {source!r}: {str(exc).splitlines()[0]}") from None
+
+
+def architecture_differences(expected: PretrainedConfig, found: PretrainedConfig) -> list[str]:
+    """'field: expected -> found' for every architecture field on which two configs disagree."""
+    return [f"{name}: {getattr(expected, name, None)!r} -> {getattr(found, name, None)!r}"
+            for name in ARCHITECTURE_FIELDS if getattr(expected, name, None) != getattr(found, name, None)]
+
+
+def architecture_of(config: PretrainedConfig) -> dict[str, object]:
+    """The config without provenance metadata: what a spec's digest covers for a checkpoint's architecture."""
+    return {k: v for k, v in config.to_dict().items() if k not in METADATA_FIELDS}
+
+
 def load_hf_model(
     model_cls: type[PreTrainedModel], config: PretrainedConfig, weights: str, **kwargs: object
 ) -> PreTrainedModel:
-    """Build from `config` (weights="random") or load pretrained weights from a hub name or local path.
+    """Build from `config` (weights="random") or from a checkpoint (hub name or local path).
 
+    With a checkpoint, the architecture always comes from the checkpoint's config, also for
+    "config:<source>" (its architecture with random values: what estimates build), and a checkpoint
+    whose architecture differs from `config` (the registered variant) is an error naming the fields.
     Loading never runs remote code and reads safetensors where the checkpoint has them.
     """
     config._attn_implementation = "sdpa"
     if weights == "random":
         return model_cls(config, **kwargs)
+    source = weights.removeprefix(CONFIG_ONLY)
+    found = read_config(type(config), source)
+    differences = architecture_differences(config, found)
+    if differences:
+        raise UserError(f"weights {source!r} have another architecture than the backbone: {'; '.join(differences)}")
+    found._attn_implementation = "sdpa"
+    if weights.startswith(CONFIG_ONLY):
+        return model_cls(found, **kwargs)
     try:
-        return model_cls.from_pretrained(weights, attn_implementation="sdpa", use_safetensors=None, **kwargs)
+        return model_cls.from_pretrained(source, config=found, use_safetensors=None, **kwargs)
     except OSError as exc:
-        where = "local path" if Path(weights).exists() else "hub name (is it in the local cache?)"
-        raise UserError(f"cannot load weights from {where} {weights!r}: {str(exc).splitlines()[0]}") from None
+        where = "local path" if Path(source).exists() else "hub name (is it in the local cache?)"
+        raise UserError(f"cannot load weights from {where} {source!r}: {str(exc).splitlines()[0]}") from None
+
+
+def bert_layer(width: int, heads: int, ffn: int) -> nn.Module:
+    """A BERT layer at width d: the side layer of backbones whose own layer type cannot be built narrower."""
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    config = BertConfig(hidden_size=width, num_attention_heads=heads, intermediate_size=ffn)
+    config._attn_implementation = "sdpa"
+    return BertLayer(config)
 
 
 class HFEncoder(Backbone):
@@ -60,7 +117,7 @@ class HFEncoder(Backbone):
 
     kind: ClassVar[str] = "transformer"
 
-    def __init__(self, model: PreTrainedModel, layout: HFLayout) -> None:
+    def __init__(self, model: PreTrainedModel, layout: HFLayout, native_side_layer: bool = True) -> None:
         super().__init__()
         self.model = model
         self.layout = layout
@@ -70,6 +127,10 @@ class HFEncoder(Backbone):
         self.num_heads: int = cfg.num_attention_heads
         self.width = cfg.hidden_size
         self.hidden_sizes = (cfg.hidden_size,) * (self.num_layers + 1)
+        self.ffn: int = get_path(self.blocks()[0], layout.ffn_out).in_features  # feed-forward width
+        # LST's side layers: this family's own layer type at width D/r when its constructor takes the
+        # config's hidden_size / intermediate_size (BERT, RoBERTa, ViT, CLIP), else a BERT layer at D/r
+        self.native_side_layer = native_side_layer
         size = getattr(cfg, "image_size", 224)
         self.shape_defaults = {
             "text": {"seq_len": 32},
@@ -129,15 +190,21 @@ class HFEncoder(Backbone):
         """Switch every layer's attention function (prefix tuning registers its own)."""
         self.model.config._attn_implementation = implementation
 
+    def missing(self, capability: type) -> str:
+        if capability is AttentionFunctions and not getattr(self.model, "_supports_attention_backend", False):
+            return f"{type(self.model).__name__} computes attention itself, not through transformers' attention functions"
+        return super().missing(capability)
+
     def side_layer(self, reduction: int) -> nn.Module:
         """A layer of this family's own type at width D/r (heads unchanged, FFN width / r), as LST builds."""
+        width, heads = self.width // reduction, self.num_heads
+        if self.width % reduction or width % heads:
+            raise UserError(f"reduction {reduction} does not divide width {self.width} into {heads} heads")
+        if not self.native_side_layer:
+            return bert_layer(width, heads, self.ffn // reduction)
         cfg = copy.deepcopy(self.config)
-        if cfg.hidden_size % reduction or (cfg.hidden_size // reduction) % cfg.num_attention_heads:
-            raise UserError(
-                f"reduction {reduction} does not divide width {cfg.hidden_size} into {cfg.num_attention_heads} heads"
-            )
-        cfg.hidden_size //= reduction
-        cfg.intermediate_size //= reduction
+        cfg.hidden_size = width
+        cfg.intermediate_size = self.ffn // reduction
         cfg._attn_implementation = "sdpa"
         return type(self.blocks()[0])(cfg)
 

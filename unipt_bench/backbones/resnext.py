@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import UserError
 from .base import Backbone, BackboneOutput, register_backbone
+from .hf import CONFIG_ONLY
 
 
 class ResNetStages(Backbone):
@@ -60,8 +61,13 @@ class ResNetStages(Backbone):
 
 
 def timm_resnet(name: str, weights: str) -> ResNet:
-    """timm's model `name`, random or with weights from a timm pretrained tag or a local file."""
-    if weights == "random":
+    """timm's model `name`, random or with weights from a timm pretrained tag or a local file
+    ("config:<source>": that source's architecture, which must be `name`, with random values)."""
+    source = weights.removeprefix(CONFIG_ONLY)
+    tag_model = source.removeprefix("timm:").split(".")[0] if source.startswith("timm:") else name
+    if tag_model != name:
+        raise UserError(f"weights {source!r} are for {tag_model}, another architecture than {name}")
+    if weights == "random" or weights.startswith(CONFIG_ONLY):
         return timm.create_model(name, pretrained=False)
     overlay = None if weights.startswith("timm:") else {"file": weights}
     try:
