@@ -48,10 +48,6 @@ class Backbone(nn.Module):
         """all_hidden=False keeps only the last state, so no earlier state outlives the forward needlessly."""
         raise NotImplementedError
 
-    def blocks(self) -> list[nn.Module]:
-        """The repeated layers (transformer layers, CNN stages) that inserted methods attach to."""
-        return []
-
     def dummy_inputs(self, batch: int, **shape: int) -> dict[str, torch.Tensor]:  # pragma: no cover
         """Inputs shaped like one real batch (for profiling; values are random)."""
         raise NotImplementedError
@@ -60,7 +56,7 @@ class Backbone(nn.Module):
         """Why this backbone lacks a capability protocol ("" when it has it); methods become not_applicable."""
         if isinstance(self, capability):
             return ""
-        return f"{type(self).__name__} offers no {capability.__name__.lower()} ({capability.__doc__.splitlines()[0]})"
+        return f"a {self.kind} backbone ({type(self).__name__}) offers no {capability.__doc__.splitlines()[0]}"
 
 
 # -- capabilities: what a method may ask of a backbone. A backbone has one when it defines its members;

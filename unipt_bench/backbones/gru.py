@@ -35,6 +35,10 @@ class BiGRUText(Backbone):
         out = (both[..., : self.width] + both[..., self.width :]) / 2  # [B, N, width]
         return BackboneOutput((words, out) if all_hidden else (out,), out, inputs["attention_mask"])
 
+    def blocks(self) -> list[nn.Module]:
+        """Its one recurrent layer (what partial fine-tuning can unfreeze)."""
+        return [self.gru]
+
     def dummy_inputs(self, batch: int, **shape: int) -> dict[str, torch.Tensor]:
         seq_len = shape.get("seq_len", self.shape_defaults["seq_len"])
         ids = torch.randint(0, self.vocab_size, (batch, seq_len))

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..backbones.base import Backbone
-from .base import TOKEN_KINDS, Method, freeze, register_method
+from ..backbones.base import AdapterSites, Backbone
+from ..configurable import bounded
+from .base import Method, freeze, linear_params, register_method
 
 
 class Bottleneck(nn.Module):
@@ -47,9 +48,9 @@ class Adapted(nn.Module):
 @dataclass
 class Adapter(Method):
     module_names = ("adapter",)
-    kinds = TOKEN_KINDS | {"cnn"}
-    reduction: int = 16  # transformer bottleneck = D / 16 (Houlsby)
-    cnn_reduction: int = 8  # CNN bottleneck = C / 8 (with the 2048 -> 1024 head: the paper's 3.5M)
+    needs = (AdapterSites,)
+    reduction: int = bounded(16, at_least=1)  # transformer bottleneck = D / 16 (Houlsby)
+    cnn_reduction: int = bounded(8, at_least=1)  # CNN bottleneck = C / 8 (with the 2048 -> 1024 head: the paper's 3.5M)
 
     def build(self, backbone: Backbone, out_dim: int) -> nn.Module:
         freeze(backbone)
@@ -58,3 +59,14 @@ class Adapter(Method):
         for parent, attr, width in backbone.adapter_sites():
             setattr(parent, attr, Adapted(getattr(parent, attr), Bottleneck(width, width // reduction, conv)))
         return backbone
+
+    def closed_form_trainable(self, backbone: Backbone, out_dim: int) -> int:
+        """One bottleneck Down(C -> b) + Up(b -> C) per site (docs/methods.md §3.4): two per transformer
+        layer at C = D, b = D / 16; one per CNN stage at C = C_k, b = C_k / 8."""
+        if backbone.kind == "cnn":
+            return sum(bottleneck_params(c, c // self.cnn_reduction) for c in backbone.hidden_sizes)
+        return 2 * backbone.num_layers * bottleneck_params(backbone.width, backbone.width // self.reduction)
+
+
+def bottleneck_params(width: int, bottleneck: int) -> int:
+    return linear_params(width, bottleneck) + linear_params(bottleneck, width)

@@ -24,12 +24,15 @@ register_method = METHODS.named
 class Method(Configurable):
     """A PETL method. Contract of `apply`: afterwards `requires_grad` marks exactly what trains.
 
-    `kinds` lists the backbone kinds it applies to; other kinds raise NotApplicable. `side` methods run
-    the backbone under torch.no_grad(), so the backbone keeps no activations for backward.
+    A method applies to every backbone that offers the capabilities in `needs` (protocols in
+    backbones/base.py); a method with one design per architecture (the side networks) lists the kinds
+    it has a design for in `kinds` (None: no such restriction). Anything else raises NotApplicable with
+    the reason. `side` methods run the backbone under torch.no_grad(), so it keeps no activations.
     """
 
     kind_label = "method"
-    kinds: ClassVar[frozenset[str]] = TOKEN_KINDS
+    kinds: ClassVar[frozenset[str] | None] = None
+    needs: ClassVar[tuple[type, ...]] = ()
     side: ClassVar[bool] = False
     module_names: ClassVar[tuple[str, ...]] = ()  # names of the modules it adds (memory attribution)
 
@@ -39,11 +42,21 @@ class Method(Configurable):
         out_dim is the task's embedding width E; side methods project to it, the others keep the
         backbone's width (the task head projects).
         """
-        if backbone.kind not in self.kinds:
-            raise NotApplicable(
-                f"{self.name} does not apply to a {backbone.kind} backbone (applies to: {', '.join(sorted(self.kinds))})"
-            )
+        reason = self.refusal(backbone)
+        if reason:
+            raise NotApplicable(reason)
         return self.build(backbone, out_dim)
+
+    def refusal(self, backbone: Backbone) -> str:
+        """Why this method does not apply to `backbone` ("" when it does): a missing design or capability."""
+        if self.kinds is not None and backbone.kind not in self.kinds:
+            return (f"{self.name} has no design for a {backbone.kind} backbone "
+                    f"(designs: {', '.join(sorted(self.kinds))})")
+        for capability in self.needs:
+            missing = backbone.missing(capability)
+            if missing:
+                return f"{self.name} needs {capability.__name__}: {missing}"
+        return ""
 
     def build(self, backbone: Backbone, out_dim: int) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -52,6 +65,39 @@ class Method(Configurable):
         """Width of the tuned tower's `last` tokens: side methods project to out_dim."""
         return out_dim if self.side else backbone.width
 
+    def closed_form_trainable(self, backbone: Backbone, out_dim: int) -> int:
+        """Trainable parameters `apply(backbone, out_dim)` leaves, written from the backbone's shape.
+
+        Each method states its count as docs/methods.md gives it, next to its own code, and the tests
+        compare it with what `apply` actually leaves trainable on every backbone the method applies to.
+        Call it on the backbone before `apply` (inserted methods change the backbone).
+        """
+        raise NotImplementedError(
+            f"method {self.name!r} states no closed form of its trainable parameters: define "
+            f"closed_form_trainable(backbone, out_dim) on its class (see docs/methods.md)"
+        )
+
+
+
+def linear_params(i: int, o: int) -> int:
+    """Linear(i -> o) or Conv1x1(i -> o) with a bias: i*o + o (docs/methods.md §0)."""
+    return i * o + o
+
+
+def norm_params(d: int) -> int:
+    """LayerNorm(d) or BatchNorm(d): a weight and a bias of d each."""
+    return 2 * d
+
+
+def down_params(i: int, o: int) -> int:
+    """A projection followed by a norm: Linear(i -> o) + LayerNorm(o), or Conv1x1(i -> o) + BatchNorm(o)."""
+    return linear_params(i, o) + norm_params(o)
+
+
+def transformer_layer_params(d: int, ffn: int) -> int:
+    """One BERT/RoBERTa/CLIP/ViT layer (or DETR encoder layer) of width d and FFN width ffn:
+    q, k, v, o projections, two norms, FFN in and out (docs/methods.md §0)."""
+    return 4 * linear_params(d, d) + 2 * norm_params(d) + linear_params(d, ffn) + linear_params(ffn, d)
 
 
 def freeze(module: nn.Module) -> nn.Module:

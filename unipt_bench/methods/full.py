@@ -7,15 +7,21 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..backbones.base import Backbone
-from .base import TOKEN_KINDS, Method, register_method
+from .base import Method, register_method
 
 
 @register_method("full")
 @dataclass
 class Full(Method):
-    kinds = TOKEN_KINDS | {"cnn", "rnn", "encdec"}
+    def refusal(self, backbone: Backbone) -> str:
+        return super().refusal(backbone) or ("" if any(True for _ in backbone.parameters())
+                                             else "full: the backbone has no parameters to tune")
 
     def build(self, backbone: Backbone, out_dim: int) -> nn.Module:
         for p in backbone.parameters():
             p.requires_grad_(True)
         return backbone
+
+    def closed_form_trainable(self, backbone: Backbone, out_dim: int) -> int:
+        """Every backbone parameter (docs/methods.md §3.1)."""
+        return sum(p.numel() for p in backbone.parameters())

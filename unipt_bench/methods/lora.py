@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
-from ..backbones.base import Backbone
+from ..backbones.base import Backbone, LoraTargets
+from ..configurable import bounded
 from .base import Method, freeze, register_method
 
 
@@ -18,9 +19,10 @@ from .base import Method, freeze, register_method
 @dataclass
 class LoRA(Method):
     module_names = ("lora_A", "lora_B")
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
+    needs = (LoraTargets,)
+    rank: int = bounded(8, at_least=1)
+    alpha: int = bounded(16, at_least=1)
+    dropout: float = bounded(0.0, at_least=0, below=1)
 
     def build(self, backbone: Backbone, out_dim: int) -> nn.Module:
         freeze(backbone)
@@ -30,3 +32,10 @@ class LoRA(Method):
         for name, p in backbone.named_parameters():
             p.requires_grad_("lora_" in name)
         return backbone
+
+    def closed_form_trainable(self, backbone: Backbone, out_dim: int) -> int:
+        """A (r x in) and B (out x r) on every targeted projection: r (in + out) each; on the query and value
+        projections of L layers of width D, L * 2 * r (D + D) (docs/methods.md §3.5)."""
+        root, targets = backbone.lora_targets()
+        return sum(self.rank * (m.in_features + m.out_features) for name, m in root.named_modules()
+                   if isinstance(m, nn.Linear) and name.rpartition(".")[2] in targets)

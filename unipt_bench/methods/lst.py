@@ -5,7 +5,7 @@ A side network fed through gated ladder connections from the hidden states of th
 Transformer: side layers of the backbone's own type at width D / r, one per layer. CNN: each stage
 is average-pooled to the last grid and projected to width d by a 1x1 conv; three transformer side
 layers run over the grid's tokens (the conv1 stem is not used). Encoder-decoder: a side encoder and
-a side decoder, each laddered on its half of the backbone. SPEC_METHODS section 2.
+a side decoder, each laddered on its half of the backbone. docs/methods.md §2.
 """
 
 from __future__ import annotations
@@ -16,14 +16,21 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import BertConfig
-from transformers.models.bert.modeling_bert import BertLayer
 
-from ..backbones.base import Backbone, BackboneOutput
+from ..backbones.base import Backbone, BackboneOutput, SideLayers
 from ..backbones.encdec import MDETR, DecoderLayer, EncDecOutput, EncoderLayer
-from ..backbones.hf import HFEncoder
+from ..backbones.hf import HFEncoder, bert_layer
+from ..configurable import Range, bounded
 from ..errors import UserError
-from .base import TOKEN_KINDS, Method, SideTuned, register_method
+from .base import (
+    TOKEN_KINDS,
+    Method,
+    SideTuned,
+    linear_params,
+    norm_params,
+    register_method,
+    transformer_layer_params,
+)
 from .unipt_cnn import pooling_rate, tokens
 
 
@@ -105,24 +112,24 @@ class EncDecLadder(nn.Module):
         return replace(out, last=last, predictions=(last,))
 
 
-def transformer_side_layer(width: int, heads: int, ffn: int) -> nn.Module:
-    """A BERT layer at width d (for CNN side networks, whose backbone has no transformer layer type)."""
-    config = BertConfig(hidden_size=width, num_attention_heads=heads, intermediate_size=ffn)
-    config._attn_implementation = "sdpa"
-    return BertLayer(config)
-
-
 @register_method("lst")
 @dataclass
 class LST(Method):
     module_names = ("side",)
     kinds = TOKEN_KINDS | {"cnn", "encdec"}
     side = True
-    reduction: int = 4  # transformer side width d = D / 4 (the paper's comparisons)
-    temperature: float = 0.1  # gate temperature T
-    layers: list[int] = field(default_factory=list)  # backbone layers given a side layer; empty = all
-    cnn_width: int = 192  # CNN side width d: 192 (= 768 / 4) gives the paper's 2.27M on ResNeXt-101
-    cnn_heads: int = 12
+    reduction: int = bounded(4, at_least=1)  # transformer side width d = D / 4 (the paper's comparisons)
+    temperature: float = bounded(0.1, above=0)  # gate temperature T
+    layers: list[int] = field(default_factory=list, metadata={"range": Range(at_least=0)})  # backbone layers given a side layer; empty = all
+    cnn_width: int = bounded(192, at_least=1)  # CNN side width d: 192 (= 768 / 4) gives the paper's 2.27M on ResNeXt-101
+    cnn_heads: int = bounded(12, at_least=1)
+
+    def refusal(self, backbone: Backbone) -> str:
+        """Transformer designs ladder into narrow layers of the backbone's own kind: SideLayers."""
+        reason = super().refusal(backbone)
+        if not reason and backbone.kind in TOKEN_KINDS and backbone.missing(SideLayers):
+            reason = f"lst needs SideLayers: {backbone.missing(SideLayers)}"
+        return reason
 
     def build(self, backbone: Backbone, out_dim: int) -> nn.Module:
         if backbone.kind == "cnn":
@@ -130,10 +137,7 @@ class LST(Method):
         if backbone.kind == "encdec":
             width = backbone.width // self.reduction
             return SideTuned(backbone, EncDecLadder(backbone, width, backbone.heads, self.temperature, out_dim))
-        depth = len(backbone.hidden_sizes) - 1
-        layers = sorted(self.layers) or list(range(1, depth + 1))
-        if layers[0] < 1 or layers[-1] > depth or len(set(layers)) != len(layers):
-            raise UserError(f"lst: layers must be distinct indices in 1..{depth}, got {self.layers}")
+        layers = self.kept_layers(backbone)
         width = backbone.width // self.reduction
         sources = [0, *layers]
         downs = nn.ModuleList(nn.Linear(backbone.hidden_sizes[i], width) for i in sources)
@@ -145,7 +149,48 @@ class LST(Method):
         width = self.cnn_width
         downs = nn.ModuleList(PooledStage(c, width) for c in backbone.hidden_sizes)
         side_layers = nn.ModuleList(
-            transformer_side_layer(width, self.cnn_heads, 4 * width) for _ in backbone.hidden_sizes[1:]
+            bert_layer(width, self.cnn_heads, 4 * width) for _ in backbone.hidden_sizes[1:]
         )
         sources = list(range(len(backbone.hidden_sizes)))
         return CNNLadder(downs, side_layers, HFEncoder.run_side_layer, width, out_dim, self.temperature, sources)
+
+    def kept_layers(self, backbone: Backbone) -> list[int]:
+        """The backbone layers (1..L) given a side layer: `layers`, or all of them."""
+        depth = len(backbone.hidden_sizes) - 1
+        layers = sorted(self.layers) or list(range(1, depth + 1))
+        if layers[0] < 1 or layers[-1] > depth or len(set(layers)) != len(layers):
+            raise UserError(f"lst: layers must be distinct indices in 1..{depth}, got {self.layers}")
+        return layers
+
+    def closed_form_trainable(self, backbone: Backbone, out_dim: int) -> int:
+        """Ladders, gates, side layers and Up (docs/methods.md §2.4).
+
+        Transformer and joint, d = D / r over K kept layers: (K + 1) Linear(D -> d), K gates, K layers
+        of the backbone's type at width d and FFN I / r, LayerNorm(d) + Linear(d -> E). CNN, d = cnn_width:
+        a Conv1x1(C_k -> d) per stage, one gate and one BERT layer (FFN 4 d) per stage after the first,
+        and Up. Encoder-decoder, d = D / r, FFN F / r: a side encoder and a side decoder of L layers,
+        each with L + 1 ladders and L gates, and Up.
+        """
+        if backbone.kind == "cnn":
+            d, sides = self.cnn_width, len(backbone.hidden_sizes) - 1
+            ladders = sum(linear_params(c, d) for c in backbone.hidden_sizes)
+            return ladders + sides + sides * transformer_layer_params(d, 4 * d) + up_params(d, out_dim)
+        d = backbone.width // self.reduction
+        if backbone.kind == "encdec":
+            ffn, depth = backbone.ffn // self.reduction, len(backbone.encoder)
+            ladders = 2 * (depth + 1) * linear_params(backbone.width, d)
+            sides = depth * (transformer_layer_params(d, ffn) + decoder_layer_params(d, ffn))
+            return ladders + 2 * depth + sides + up_params(d, out_dim)
+        kept = len(self.kept_layers(backbone))
+        side_layer = transformer_layer_params(d, backbone.ffn // self.reduction)
+        return (kept + 1) * linear_params(backbone.width, d) + kept + kept * side_layer + up_params(d, out_dim)
+
+
+def up_params(d: int, out_dim: int) -> int:
+    """Up = Linear(d -> E) . LayerNorm(d)."""
+    return norm_params(d) + linear_params(d, out_dim)
+
+
+def decoder_layer_params(d: int, ffn: int) -> int:
+    """A DETR decoder layer: self- and cross-attention (q, k, v, o each), three LayerNorms, FFN."""
+    return 8 * linear_params(d, d) + 3 * norm_params(d) + linear_params(d, ffn) + linear_params(ffn, d)

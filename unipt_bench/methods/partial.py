@@ -9,23 +9,32 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..backbones.base import Backbone
+from ..backbones.base import Backbone, Blocks
+from ..configurable import bounded
 from ..errors import UserError
-from .base import TOKEN_KINDS, Method, freeze, register_method
+from .base import Method, freeze, register_method
 
 
 @register_method("partial")
 @dataclass
 class Partial(Method):
-    kinds = TOKEN_KINDS | {"cnn", "rnn", "encdec"}
-    unfreeze_last: int = 0  # also train this many final blocks (layers or CNN stages)
+    needs = (Blocks,)
+    unfreeze_last: int = bounded(0, at_least=0)  # also train this many final blocks (layers or CNN stages)
 
     def build(self, backbone: Backbone, out_dim: int) -> nn.Module:
         freeze(backbone)
-        blocks = backbone.blocks()
-        if not 0 <= self.unfreeze_last <= len(blocks):
-            raise UserError(f"partial: unfreeze_last={self.unfreeze_last} but the backbone has {len(blocks)} blocks")
-        for block in blocks[len(blocks) - self.unfreeze_last :]:
+        for block in self.unfrozen_blocks(backbone):
             for p in block.parameters():
                 p.requires_grad_(True)
         return backbone
+
+    def unfrozen_blocks(self, backbone: Backbone) -> list[nn.Module]:
+        """The last `unfreeze_last` of the backbone's blocks (none by default)."""
+        blocks = backbone.blocks()
+        if not 0 <= self.unfreeze_last <= len(blocks):
+            raise UserError(f"partial: unfreeze_last={self.unfreeze_last} but the backbone has {len(blocks)} blocks")
+        return blocks[len(blocks) - self.unfreeze_last :]
+
+    def closed_form_trainable(self, backbone: Backbone, out_dim: int) -> int:
+        """The parameters of the last `unfreeze_last` blocks: 0 by default (docs/methods.md §3.2)."""
+        return sum(p.numel() for block in self.unfrozen_blocks(backbone) for p in block.parameters())

@@ -19,8 +19,9 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_
 from transformers.models.bert.modeling_bert import eager_attention_forward
 
 from ..attention import PREFIX_EAGER, PREFIX_SDPA
-from ..backbones.base import Backbone, BackboneOutput
-from .base import Method, freeze, register_method
+from ..backbones.base import AttentionFunctions, Backbone, BackboneOutput
+from ..configurable import bounded
+from .base import Method, freeze, linear_params, register_method
 
 
 class PrefixSlot:
@@ -91,8 +92,14 @@ class PrefixTuned(nn.Module):
 @dataclass
 class Prompt(Method):
     module_names = ("prefix_tokens", "prefix_mlp")
-    length: int = 30  # prefixes per layer
-    bottleneck: int = 512  # reparameterisation MLP width
+    needs = (AttentionFunctions,)
+    length: int = bounded(30, at_least=1)  # prefixes per layer
+    bottleneck: int = bounded(512, at_least=1)  # reparameterisation MLP width
 
     def build(self, backbone: Backbone, out_dim: int) -> nn.Module:
         return PrefixTuned(backbone, self.length, self.bottleneck)
+
+    def closed_form_trainable(self, backbone: Backbone, out_dim: int) -> int:
+        """Embedding(P, D) + Linear(D -> b) + Linear(b -> 2 L D) (docs/methods.md §3.6)."""
+        d, layers = backbone.width, backbone.num_layers
+        return self.length * d + linear_params(d, self.bottleneck) + linear_params(self.bottleneck, 2 * layers * d)
