@@ -23,7 +23,7 @@ from .errors import UserError
 MODES = ("estimate", "cpu", "cuda")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 NAME_MAX = 64  # suite, config and method names become file names (with a time stamp beside them)
-SUITE_KEYS = {"name", "description", "task", "task_options", "steps", "seed", "attention", "configs"}
+SUITE_KEYS = {"name", "description", "task", "task_options", "steps", "seed", "attention", "configs", "trackers"}
 CONFIG_KEYS = {
     "name", "title", "paper", "task", "task_options", "batch", "gpus", "accumulate", "steps", "attention", "towers",
     "methods", "train",
@@ -130,6 +130,7 @@ class Suite:
     description: str
     path: str
     specs: list[RunSpec]  # mode is filled in by `with_mode`
+    trackers: list[str] | None = None  # the trackers to run (the primary one always runs); None: all
 
     def with_mode(self, mode: str) -> list[RunSpec]:
         return [RunSpec.from_dict({**s.to_dict(), "mode": mode}) for s in self.specs]
@@ -283,7 +284,17 @@ class SuiteReader:
                 seen.add(spec.key)
                 specs.append(RunSpec.from_dict({**spec.to_dict(), "order": len(specs)}))
         self.region = None
-        return Suite(name, str(data.get("description", "")), str(self.path), specs)
+        trackers = data.get("trackers")
+        if trackers is not None:
+            from .memory.registry import check_selection
+
+            if not isinstance(trackers, list) or not all(isinstance(t, str) for t in trackers):
+                raise self.fail(f"the suite: trackers must be a list of tracker names, got {trackers!r}", "trackers")
+            try:
+                check_selection(trackers)
+            except UserError as exc:
+                raise self.fail(f"the suite: {exc}", "trackers") from None
+        return Suite(name, str(data.get("description", "")), str(self.path), specs, trackers)
 
     def read_config(self, suite: str, defaults: dict[str, Any], config: dict[str, Any]) -> list[RunSpec]:
         from .backbones import BACKBONES, create_backbone, is_backbone

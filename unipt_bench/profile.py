@@ -27,10 +27,9 @@ from .build import Built, build, example_batch, module_owner, parameter_counts
 from .config import RunSpec
 from .errors import UserError
 from .memory.base import Trackers
-from .memory.cpu import RssTracker
-from .memory.cuda import CudaTracker, library_workspace_bytes, other_processes_bytes
-from .memory.estimate import TensorMemoryTracker, cuda_allocator_blocks
-from .memory.nvml import NvmlTracker
+from .memory.cuda import library_workspace_bytes, other_processes_bytes
+from .memory.estimate import cuda_allocator_blocks
+from .memory.registry import TrackerContext, build_trackers
 
 TIMED_STEPS = 3  # untracked steps timed after the tracked ones (cpu and cuda modes)
 MAX_MICRO_BATCHES = 2  # accumulation's steady-state peak already shows with two micro-batches
@@ -187,6 +186,7 @@ class RunOptions:
     data_root: str = "data"  # training: where datasets live
     checkpoints: str | None = None  # training: this run's checkpoint folder (resumed when it holds one)
     resume: bool = True  # training: resume from the checkpoint folder; False (--force): train from scratch
+    trackers: list[str] | None = None  # trackers to run (the mode's primary one always runs); None: all
 
 
 def materialise(spec: RunSpec, stack: ExitStack) -> Built:
@@ -293,9 +293,8 @@ def check_gpu_idle(threshold: int | None) -> None:
 
 
 def make_trackers(spec: RunSpec, run: Prepared, options: RunOptions) -> Trackers:
-    if spec.mode == "cuda":
-        return Trackers([CudaTracker(), NvmlTracker(interval=options.nvml_interval)])
-    counter = "memtracker_fake" if spec.mode == "estimate" else "memtracker_real"
+    """The registered trackers of the run's mode (memory/registry.py), less those switched off."""
     model = run.built.model
-    tensors = TensorMemoryTracker(model, run.optimizer, flat_inputs(run.batch), counter, module_owner(model))
-    return Trackers([tensors] if spec.mode == "estimate" else [tensors, RssTracker()])
+    context = TrackerContext(spec.mode, model, run.optimizer, flat_inputs(run.batch), module_owner(model),
+                             options.nvml_interval)
+    return build_trackers(context, options.trackers)

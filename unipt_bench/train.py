@@ -26,10 +26,7 @@ from .cache import HiddenCache
 from .config import RunSpec, TrainSpec
 from .data.inputs import TowerInputs
 from .errors import UserError
-from .memory.base import Trackers
-from .memory.cpu import RssTracker
-from .memory.cuda import CudaTracker
-from .memory.estimate import TensorMemoryTracker
+from .memory.registry import TrackerContext, build_trackers
 from .memory.segments import merge_segments, with_segment
 from .methods.base import SideTuned
 from .profile import NullTracker, RunOptions, make_optimizer, protocol, synchronizer, train_step
@@ -170,10 +167,8 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16 if train.amp == "bf16" else torch.float16)) \
         if amp else nullcontext
 
-    trackers = Trackers(
-        [CudaTracker()] if spec.mode == "cuda"
-        else [TensorMemoryTracker(built.model, optimizer, [], "memtracker_real", module_owner(built.model)), RssTracker()]
-    )
+    context = TrackerContext(spec.mode, built.model, optimizer, [], module_owner(built.model), options.nvml_interval)
+    trackers = build_trackers(context, options.trackers)  # the same set as profiling: NVML too on a GPU
     last, best_path = checkpoints / "last.pt", checkpoints / "best.pt"
     # earlier segments of this run (before a resume): their memory, timed steps, seconds and last loss
     state: dict[str, Any] = {"step": 0, "best": None, "history": [], "resumed_from": None, "memory": None,

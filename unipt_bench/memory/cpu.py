@@ -6,6 +6,8 @@ import resource
 import sys
 from typing import Any
 
+from .registry import TrackerContext, register_tracker
+
 
 def max_rss_bytes() -> int:
     """Peak RSS of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
@@ -39,3 +41,8 @@ class RssTracker:
             "peak_bytes": self.after if self.after is not None else max_rss_bytes(),
             "peak_before_steps_bytes": self.before,
         }
+
+
+@register_tracker("rss", {"cpu"}, description="the process's peak resident memory (getrusage)")
+def rss(context: TrackerContext) -> RssTracker:
+    return RssTracker()

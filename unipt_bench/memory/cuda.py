@@ -14,6 +14,7 @@ import statistics
 from typing import Any
 
 from .base import TRAINING_PHASES
+from .registry import TrackerContext, register_tracker
 
 
 class CudaStats:
@@ -147,3 +148,9 @@ class CudaTracker:
             "num_alloc_retries": self.last.get("num_alloc_retries", 0),
             "num_ooms": self.last.get("num_ooms", 0),
         }
+
+
+@register_tracker("cuda_allocator", {"cuda"}, primary=True,
+                  description="the caching allocator's peaks per phase and step (max_memory_allocated, ...)")
+def cuda_allocator(context: TrackerContext) -> CudaTracker:
+    return CudaTracker()

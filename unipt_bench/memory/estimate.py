@@ -26,6 +26,7 @@ from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType, _Updat
 from torch.utils._pytree import tree_map_only
 
 from .base import CATEGORIES, TRAINING_PHASES
+from .registry import TrackerContext, register_tracker
 
 TOTAL = "Total"
 CATEGORY_OF = {
@@ -270,3 +271,10 @@ class TensorMemoryTracker:
             )
         out["other"]["inputs"] = peak["inputs"]
         return out
+
+
+@register_tracker("memtracker", {"estimate", "cpu"}, primary=True,
+                  description="live tensor bytes by category, phase and owner (PyTorch's MemTracker)")
+def memtracker(context: TrackerContext) -> TensorMemoryTracker:
+    counter = "memtracker_fake" if context.mode == "estimate" else "memtracker_real"
+    return TensorMemoryTracker(context.model, context.optimizer, context.inputs, counter, context.owner_of)

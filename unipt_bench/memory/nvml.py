@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from .registry import TrackerContext, register_tracker
+
 
 class Unavailable(Exception):
     """A figure NVML cannot give here; the message says why."""
@@ -154,3 +156,8 @@ class NvmlTracker:
             "by_phase": by_phase,
             "peak_bytes": max(s[3] for s in self.samples),
         }
+
+
+@register_tracker("nvml", {"cuda"}, description="device and process memory sampled by NVML every --nvml-interval")
+def nvml(context: TrackerContext) -> NvmlTracker:
+    return NvmlTracker(interval=context.nvml_interval)
