@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from functools import partial
 
-from . import bert, clip, encdec, features, gru, joint, resnext, vit  # noqa: F401  (registration)
+from ..registry_imports import import_all
 from .base import BACKBONES, Backbone, BackboneInfo, BackboneOutput, register_backbone
 from .hf import CONFIG_ONLY
 from .hf_named import PREFIX as HF_PREFIX
 from .hf_named import hf_backbone
 from .timm_named import PREFIX as TIMM_PREFIX
 from .timm_named import timm_backbone
+
+import_all(__name__, __path__)  # each family's module registers its variants
 
 __all__ = ["BACKBONES", "Backbone", "BackboneOutput", "backbone_info", "create_backbone", "is_backbone",
            "register_backbone", "weights_source"]

@@ -52,8 +52,11 @@ def register_tracker(name: str, modes: set[str], description: str, primary: bool
 
 
 def load_trackers() -> None:
-    """Import the tracker modules, which register themselves."""
-    from . import cpu, cuda, estimate, nvml  # noqa: F401
+    """Import every module of the memory package: tracker modules register themselves."""
+    from .. import memory
+    from ..registry_imports import import_all
+
+    import_all(memory.__name__, memory.__path__)
 
 
 def check_selection(wanted: list[str] | None) -> None:

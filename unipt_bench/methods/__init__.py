@@ -1,9 +1,11 @@
-"""PETL methods; importing this package registers every method."""
+"""PETL methods; importing this package registers every method (each module of the package is imported)."""
 
 from __future__ import annotations
 
-from . import adapter, bitfit, full, lora, lst, partial, prompt, unipt  # noqa: F401  (registration)
+from ..registry_imports import import_all
 from .base import METHODS, Method, register_method
+
+import_all(__name__, __path__)
 
 __all__ = ["METHODS", "Method", "create_method", "register_method"]
 
