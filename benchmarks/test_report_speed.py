@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import copy
 
-from unipt_bench.config import load_suite
 from unipt_bench.report.render import render_report
 from unipt_bench.results import RunResult
 from unipt_bench.runner import execute
+from unipt_bench.suite_file import load_suite
 
 
 def five_hundred_results() -> list[RunResult]:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from unipt_bench.cli import main
-from unipt_bench.config import load_suite
 from unipt_bench.results import ResultStore, RunResult, now
+from unipt_bench.suite_file import load_suite
 
 SUITE = """\
 name = "tiny"

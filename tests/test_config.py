@@ -7,8 +7,9 @@ import tomllib
 
 import pytest
 
-from unipt_bench.config import MODES, RunSpec, SuiteReader, builtin_suites, load_suite, select_methods
+from unipt_bench.config import MODES, RunSpec
 from unipt_bench.errors import UserError
+from unipt_bench.suite_file import SuiteReader, builtin_suites, load_suite, select_methods
 
 MARK = "# <-"  # marks the line an error must point at (line_of ignores comments, so the marker is inert)
 

@@ -11,10 +11,11 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, DebertaV2Config, DistilBertConfig
 
-from unipt_bench.config import RunSpec, TowerSpec, load_suite
+from unipt_bench.config import RunSpec, TowerSpec
 from unipt_bench.errors import NotApplicable, UserError
 from unipt_bench.methods import METHODS
 from unipt_bench.profile import profile
+from unipt_bench.suite_file import load_suite
 
 TEXT_CONFIGS = {
     "distilbert": DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=4, vocab_size=128,

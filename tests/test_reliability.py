@@ -240,7 +240,7 @@ def test_every_numeric_option_declares_a_range_its_default_obeys(cls) -> None:
 
 
 def test_an_out_of_range_option_names_its_file_and_line(tmp_path) -> None:
-    from unipt_bench.config import load_suite
+    from unipt_bench.suite_file import load_suite
 
     suite = tmp_path / "s.toml"
     suite.write_text('name = "s"\n\n[[configs]]\nname = "c"\nbatch = 4\ntowers = [\n'

@@ -13,17 +13,17 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .atomic import write_atomic
 from .memory.base import CATEGORIES, Trackers
-from .memory.estimate import TensorMemoryTracker
+from .memory.estimate import TensorMemoryTracker, fake_materialise
 from .profile import train_step
 
 
@@ -50,8 +50,8 @@ def estimate_memory(
     optimizer (built over the parameters that require grad), traced by PyTorch's MemTracker."""
     with torch.device("meta"):
         module = model()
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        module.to_empty(device="cpu")
+    with ExitStack() as stack:
+        fake_materialise(module, stack)
         module.train()
         example = batch()
         params = [p for p in module.parameters() if p.requires_grad]

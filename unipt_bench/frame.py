@@ -15,5 +15,5 @@ def load_results(suite: str | None = None, root: str | Path = "results") -> pd.D
     store = ResultStore(root)
     suites = [suite] if suite else store.suites()
     rows = [r.row() for name in suites for r in sorted(store.latest(name).values(),
-                                                         key=lambda r: (r.spec["order"], r.spec["mode"]))]
+                                                         key=lambda r: r.display_order)]
     return pd.DataFrame(rows).convert_dtypes()

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
+from xml.etree import ElementTree as ET
 
 from .errors import UserError
 from .memory.base import CATEGORIES
@@ -209,32 +209,33 @@ def markdown(suite: str, changes: list[Change], tolerance: float, strict: bool) 
 
 
 def junit(suite: str, changes: list[Change], strict: bool) -> str:
-    """JUnit XML: one test case per run; a failure per regressed (or, strict, improved) figure."""
+    """JUnit XML: one test case per run; a failure per regressed, broken (or, strict, improved) run."""
     runs: dict[str, list[Change]] = {}
     for c in changes:
         runs.setdefault(c.run, []).append(c)
     bad = failing_verdicts(strict)
-    cases, failures, skipped = [], 0, 0
+    root = ET.Element("testsuites")
+    cases = ET.SubElement(root, "testsuite", name=f"unipt-bench gate: {suite}", tests=str(len(runs)), errors="0")
+    failures = skipped = 0
     for run, items in runs.items():
         config, _, rest = run.partition("/")
-        name = quoteattr(rest or run)
+        case = ET.SubElement(cases, "testcase", classname=f"{suite}.{config}", name=rest or run)
         problems = [c for c in items if c.verdict in bad]
         skip = [c for c in items if c.verdict in ("incomparable", "new")]
-        body = ""
         if problems:
             failures += 1
-            text = "\n".join(f"{c.metric}: {human(c.baseline)} -> {human(c.now)} ({c.verdict}{': ' + c.reason if c.reason else ''})"
-                             for c in problems)
-            message = quoteattr(f"{len(problems)} figure(s): " + ", ".join(f"{c.metric} {c.verdict}" for c in problems))
-            body = f"<failure message={message} type=\"memory-regression\">{escape(text)}</failure>"
+            failure = ET.SubElement(case, "failure", type="memory-regression",
+                                    message=f"{len(problems)} figure(s): "
+                                    + ", ".join(f"{c.metric} {c.verdict}" for c in problems))
+            failure.text = "\n".join(f"{c.metric}: {human(c.baseline)} -> {human(c.now)} ({c.verdict}"
+                                     f"{': ' + c.reason if c.reason else ''})" for c in problems)
         elif skip:
             skipped += 1
-            body = f"<skipped message={quoteattr(skip[0].reason or skip[0].verdict)}/>"
-        cases.append(f'    <testcase classname={quoteattr(f"{suite}.{config}")} name={name}>{body}</testcase>')
-    head = (f'<?xml version="1.0" encoding="UTF-8"?>\n<testsuites>\n'
-            f'  <testsuite name={quoteattr(f"unipt-bench gate: {suite}")} tests="{len(runs)}" failures="{failures}" '
-            f'errors="0" skipped="{skipped}">\n')
-    return head + "\n".join(cases) + "\n  </testsuite>\n</testsuites>\n"
+            ET.SubElement(case, "skipped", message=skip[0].reason or skip[0].verdict)
+    cases.set("failures", str(failures))
+    cases.set("skipped", str(skipped))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
 def benchmark_json(results: list[RunResult], metrics: tuple[str, ...] = ("peak_bytes",)) -> str:

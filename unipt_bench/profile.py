@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .attention import configure_attention
 from .build import Built, build, example_batch, module_owner, parameter_counts
@@ -28,7 +27,7 @@ from .config import RunSpec
 from .errors import UserError
 from .memory.base import Trackers
 from .memory.cuda import library_workspace_bytes, other_processes_bytes
-from .memory.estimate import cuda_allocator_blocks
+from .memory.estimate import cuda_allocator_blocks, fake_materialise
 from .memory.registry import TrackerContext, build_trackers
 
 TIMED_STEPS = 3  # untracked steps timed after the tracked ones (cpu and cuda modes)
@@ -194,8 +193,7 @@ def materialise(spec: RunSpec, stack: ExitStack) -> Built:
     if spec.mode == "estimate":
         with torch.device("meta"):
             built = build(spec, weights=False)
-        stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
-        built.model.to_empty(device="cpu")
+        fake_materialise(built.model, stack)
         return built
     built = build(spec)
     if spec.mode == "cuda":

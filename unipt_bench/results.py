@@ -88,6 +88,11 @@ class RunResult:
                 expect(isinstance(figures.get(field_name, {}), dict), f"memory.{counter}.{field_name} must be an object")
         expect(self.spec.get("mode") in PRIMARY_COUNTER, f"spec.mode {self.spec.get('mode')!r} is not a mode")
 
+    @property
+    def display_order(self) -> tuple[int, str]:
+        """Where the run is shown: its position in the suite file, then its mode."""
+        return self.spec["order"], self.spec["mode"]
+
     def primary_memory(self) -> dict[str, Any] | None:
         """The counter that gives this mode's peak_bytes (MemTracker for estimate/cpu, the allocator for cuda)."""
         if not self.memory:

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import RunSpec, load_suite, select_methods
+from .config import RunSpec
 from .results import ResultStore, RunResult
+from .suite_file import load_suite, select_methods
 
 CPU_TOLERANCE = 1e-3  # estimate and cpu trace the same kernels: they must agree within 0.1%
 GPU_TOLERANCE = 0.03  # the goal for estimate vs max_memory_allocated

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from copy import deepcopy
 from typing import Any
 
 import torch
 from torch import nn, optim
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType, _UpdateType, _WeakRefInfo
 from torch.utils._pytree import tree_map_only
 
@@ -278,3 +279,11 @@ class TensorMemoryTracker:
 def memtracker(context: TrackerContext) -> TensorMemoryTracker:
     counter = "memtracker_fake" if context.mode == "estimate" else "memtracker_real"
     return TensorMemoryTracker(context.model, context.optimizer, context.inputs, counter, context.owner_of)
+
+
+def fake_materialise(module: nn.Module, stack: ExitStack) -> None:
+    """Give a meta-device module fake storages: enter fake-tensor mode on `stack` (it stays on for the run)
+    and allocate every parameter and buffer there. Built on meta first because peft and timm cannot build
+    inside fake mode."""
+    stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
+    module.to_empty(device="cpu")

@@ -45,7 +45,7 @@ def now() -> str:
 def render_report(suite: str, results: list[RunResult], store: str, description: str = "",
                   with_figures: bool = True) -> str:
     views = table_views(results, with_figures)
-    ordered = sorted(results, key=lambda r: (r.spec["order"], r.spec["mode"]))
+    ordered = sorted(results, key=lambda r: r.display_order)
     return environment().get_template("report.html.j2").render(
         suite=suite, description=description, results=ordered, views=views, store=store, generated=now(),
     )
@@ -58,7 +58,7 @@ def render_leaderboard(rows: list[dict[str, Any]], suites: list[str], store: str
 
 
 def suite_description(results: list[RunResult]) -> str:
-    from ..config import builtin_suites, suite_description_of
+    from ..suite_file import builtin_suites, suite_description_of
 
     suite = results[0].spec["suite"] if results else ""
     path = builtin_suites().get(suite)

@@ -141,7 +141,7 @@ def table_views(results: list[RunResult], with_figures: bool = True) -> list[Tab
     """One view per (configuration, mode, protocol), in suite order: estimates and measurements never
     share a table, nor do figures measured under different protocols."""
     groups: dict[tuple[str, str], list[RunResult]] = {}
-    for r in sorted(results, key=lambda r: (r.spec["order"], r.spec["mode"])):
+    for r in sorted(results, key=lambda r: r.display_order):
         groups.setdefault((r.spec["config"], r.spec["mode"]), []).append(r)
     views = []
     for (config, mode), grouped in groups.items():
