@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+
+
+def slow_except(specs: list, quick: set[str]) -> list:
+    """`specs` as pytest parameters (id: the spec's key), all marked slow but the runs named in `quick`
+    ("config/label"): the quick loop (`pytest -m "not slow"`) keeps a sample, `pytest` checks every one."""
+    return [pytest.param(s, id=s.key, marks=() if f"{s.config}/{s.label}" in quick else pytest.mark.slow)
+            for s in specs]
 
 
 def trainable(module: torch.nn.Module) -> int:

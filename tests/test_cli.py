@@ -21,7 +21,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from unipt_bench.config import RunSpec, builtin_suites, load_suite
+from unipt_bench.config import RunSpec
+from unipt_bench.suite_file import builtin_suites, load_suite
+
+pytestmark = pytest.mark.slow  # end to end: every test reads commands run in subprocesses
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
 ENV.pop("UNIPT_BENCH_RESULTS", None)

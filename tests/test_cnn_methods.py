@@ -1,4 +1,4 @@
-"""CNN forms of UniPT, LST and Adapter: pre-interaction against a plain loop, closed-form counts, gradient flow."""
+"""CNN forms of UniPT, LST and Adapter: pre-interaction against a plain loop, paper-scale counts, gradient flow."""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ from unipt_bench.methods.unipt_cnn import guided_pool
 
 from .helpers import saved_activation_count, trainable
 
-RESNEXT_CHANNELS = (256, 512, 1024, 2048)
-
 
 def guided_pool_loop(stage: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
-    """SPEC_METHODS 1.2 written out patch by patch."""
+    """docs/methods.md §1.2 written out patch by patch."""
     b, c, h, w = guide.shape
     r = stage.shape[-1] // w
     out = torch.zeros(b, c, h, w)
@@ -56,47 +54,22 @@ def test_unipt_cnn_pools_onto_any_last_grid() -> None:
         assert tower(bb.dummy_inputs(2, image_size=size)).last.shape == (2, grid * grid, 16)
 
 
-def unipt_cnn_count(channels: tuple[int, ...], e: int) -> int:
-    m = e // 2
-    downs = sum(c * m + m + 2 * m for c in channels)  # Conv1x1 + BatchNorm
-    guides = sum(channels[-1] * c + c for c in channels[:-1])
-    return downs + guides + (m * m + m + 2 * m) + (m * e + e) + (m + 1)
-
-
-def lst_cnn_count(channels: tuple[int, ...], e: int, d: int = 192) -> int:
-    layer = 4 * (d * d + d) + 4 * d + (d * 4 * d + 4 * d) + (4 * d * d + d)
-    sides = len(channels) - 1
-    return sum(c * d + d for c in channels) + sides + sides * layer + 2 * d + (d * e + e)
-
-
-def adapter_cnn_count(channels: tuple[int, ...]) -> int:
-    return sum(c * (c // 8) + c // 8 + (c // 8) * c + c for c in channels)
-
-
 @pytest.mark.parametrize(
     ("method", "expected", "paper"),
     [
-        ("unipt", unipt_cnn_count(RESNEXT_CHANNELS, 1024), 6.4),  # Table 5: 6.4M
-        ("lst", lst_cnn_count(RESNEXT_CHANNELS, 1024), 2.27),  # Table 5 prints 22.7 (a lost decimal point)
-        ("adapter", adapter_cnn_count(RESNEXT_CHANNELS), 3.5 - 2.1),  # 3.5M includes the 2048->1024 head
+        ("unipt", 6_433_537, 6.4),  # Table 5: 6.4M
+        ("lst", 2_270_659, 2.27),  # Table 5 prints 22.7 (a lost decimal point)
+        ("adapter", 1_396_960, 3.5 - 2.1),  # 3.5M includes the 2048->1024 head
     ],
 )
 def test_resnext101_counts_match_closed_forms_and_the_paper(method: str, expected: int, paper: float) -> None:
+    """ResNeXt-101 (C = 256, 512, 1024, 2048), E = 1024: the method's closed form, the count and the paper."""
+    tuned = create_method(method)
     with torch.device("meta"):
-        tower = create_method(method).apply(create_backbone("resnext101-32x8d"), 1024)
-    assert trainable(tower) == expected
+        backbone = create_backbone("resnext101-32x8d")
+        assert tuned.closed_form_trainable(backbone, 1024) == expected
+        assert trainable(tuned.apply(backbone, 1024)) == expected
     assert abs(expected / 1e6 - paper) < 0.05
-
-
-def test_tiny_cnn_counts() -> None:
-    channels = create_backbone("tiny-resnext").hidden_sizes
-    for method, options, expected in (
-        ("unipt", {}, unipt_cnn_count(channels, 16)),
-        ("lst", {"cnn_width": 16, "cnn_heads": 4}, lst_cnn_count(channels, 16, 16)),
-        ("adapter", {}, adapter_cnn_count(channels)),
-    ):
-        tower = create_method(method, options).apply(create_backbone("tiny-resnext"), 16)
-        assert trainable(tower) == expected, method
 
 
 @pytest.mark.parametrize("method", ["unipt", "lst"])

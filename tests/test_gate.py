@@ -12,11 +12,11 @@ import xml.etree.ElementTree as ET
 import pytest
 import torch
 
-from unipt_bench.config import load_suite
 from unipt_bench.gate import benchmark_json, compare, dump, failed, junit, make_baseline, markdown
 from unipt_bench.methods import unipt as unipt_module
 from unipt_bench.results import RunResult
 from unipt_bench.runner import execute
+from unipt_bench.suite_file import load_suite
 
 BERT = [s for s in load_suite("smoke").with_mode("estimate") if s.config == "bert" and s.label in ("unipt", "lora")]
 
@@ -59,6 +59,7 @@ def test_one_extra_saved_activation_fails_the_gate(baseline, monkeypatch) -> Non
     assert all(c.verdict == "ok" for c in changes if c.run == "bert/lora/estimate")
 
 
+@pytest.mark.slow
 def test_gate_results_are_byte_identical_run_to_run(baseline) -> None:
     first, second = run_all(), run_all()
     assert dump(make_baseline("smoke", first)) == dump(make_baseline("smoke", second)) == dump(baseline)
@@ -75,6 +76,7 @@ def tampered(baseline: dict, metric: str, factor: float) -> dict:
     return copy
 
 
+@pytest.mark.slow
 def test_junit_xml_has_the_usual_shape(baseline) -> None:
     changes = compare(tampered(baseline, "peak_bytes", 0.5), run_all(), 0.01)
     root = ET.fromstring(junit("smoke", changes, strict=False))
@@ -88,6 +90,7 @@ def test_junit_xml_has_the_usual_shape(baseline) -> None:
     assert "peak_bytes regression" in failure.get("message") and failure.text
 
 
+@pytest.mark.slow
 def test_benchmark_json_has_the_documented_fields() -> None:
     data = json.loads(benchmark_json(run_all()))
     assert data and all(set(d) == {"name", "unit", "value", "extra"} for d in data)
@@ -95,12 +98,14 @@ def test_benchmark_json_has_the_documented_fields() -> None:
     assert data[0]["name"] == "smoke/bert/lora/estimate peak_bytes"
 
 
+@pytest.mark.slow
 def test_improvements_fail_only_when_strict(baseline) -> None:
     changes = compare(tampered(baseline, "peak_bytes", 2.0), run_all(), 0.01)
     assert [c.verdict for c in changes if c.metric == "peak_bytes" and "unipt" in c.run] == ["improvement"]
     assert not failed(changes, strict=False) and failed(changes, strict=True)
 
 
+@pytest.mark.slow
 def test_other_protocols_are_incomparable_not_compared(baseline) -> None:
     other = json.loads(json.dumps(baseline))
     other["entries"]["bert/unipt/estimate"]["protocol"]["attention"] = "eager"
@@ -111,6 +116,7 @@ def test_other_protocols_are_incomparable_not_compared(baseline) -> None:
     assert not failed(changes, strict=True)
 
 
+@pytest.mark.slow
 def test_missing_runs_fail_and_new_runs_are_reported(baseline) -> None:
     results = run_all()
     changes = compare(baseline, results[:1], 0.0)
@@ -138,6 +144,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "unipt_bench.cli", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_gate_command_end_to_end(tmp_path) -> None:
     suite = tmp_path / "gated.toml"
     suite.write_text(SUITE)

@@ -10,11 +10,13 @@ import sys
 import pytest
 import torch
 
-from unipt_bench.config import load_suite
 from unipt_bench.errors import UserError
 from unipt_bench.fit import fit_batch, parse_bytes
 from unipt_bench.memory.nvml import NvmlTracker, PynvmlReader, Unavailable, normalise_uuid
 from unipt_bench.profile import allocator_history, calibrate, check_gpu_idle, profile
+from unipt_bench.suite_file import load_suite
+
+from .helpers import slow_except
 
 NO_GPU = not torch.cuda.is_available()
 
@@ -100,11 +102,21 @@ def test_cuda_mode_without_a_gpu_is_a_clear_error(spec_factory) -> None:
         profile(spec_factory("unipt", mode="cuda"))
 
 
-def test_allocator_history_without_a_path_does_nothing() -> None:
+def test_allocator_history_records_and_dumps_only_with_a_path(monkeypatch) -> None:
+    """Without a path the allocator's history is never switched on; with one it is recorded, dumped there
+    and switched off again (the torch.cuda.memory calls are recorded instead of reaching a GPU)."""
+    calls: list[tuple] = []
+    monkeypatch.setattr(torch.cuda.memory, "_record_memory_history", lambda **kw: calls.append(("record", kw)))
+    monkeypatch.setattr(torch.cuda.memory, "_dump_snapshot", lambda path: calls.append(("dump", path)))
     with allocator_history(None, 10):
         pass
+    assert calls == []
+    with allocator_history("snap.pickle", 10):
+        assert calls == [("record", {"max_entries": 10, "stacks": "python"})]
+    assert calls[1:] == [("dump", "snap.pickle"), ("record", {"enabled": None})]
 
 
+@pytest.mark.slow
 def test_calibration_runs_the_estimate_and_forms_the_ratio(spec_factory) -> None:
     """Everything but the GPU measurement: the estimate of the same spec and the ratio to a measured peak."""
     spec = spec_factory("unipt", mode="cuda")
@@ -129,8 +141,8 @@ def test_allocator_blocks_round_each_storage_up_to_512_bytes() -> None:
     assert consumed(1) == 4  # exact bytes again outside
 
 
-@pytest.mark.parametrize("spec", [s for s in load_suite("smoke").with_mode("estimate") if s.config in ("bert", "cnn")],
-                         ids=lambda s: s.key)
+@pytest.mark.parametrize("spec", slow_except([s for s in load_suite("smoke").with_mode("estimate")
+                                              if s.config in ("bert", "cnn")], {"bert/unipt", "bert/adapter"}))
 def test_attribution_adds_up_to_the_peak(spec) -> None:
     from unipt_bench.errors import NotApplicable
 
@@ -151,6 +163,7 @@ def test_attribution_adds_up_to_the_peak(spec) -> None:
         assert owners["method"]["params"] == 0
 
 
+@pytest.mark.slow
 def test_attribution_charges_backbone_activations_only_to_methods_that_backpropagate(spec_factory) -> None:
     def backbone_activations(method: str) -> int:
         return profile(spec_factory(method))["memory"]["memtracker_fake"]["by_owner"]["backbone"]["activations"]
@@ -204,6 +217,7 @@ def test_selfcheck_gpu_without_a_gpu_exits_2_with_one_line() -> None:
     assert done.stderr.strip().startswith("error:") and len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_selfcheck_on_cpu_compares_estimate_and_cpu(tmp_path) -> None:
     from unipt_bench.results import ResultStore, RunResult
     from unipt_bench.runner import execute
@@ -217,6 +231,7 @@ def test_selfcheck_on_cpu_compares_estimate_and_cpu(tmp_path) -> None:
     assert all(r.within(tolerance) and r.status == "ok" for r in rows)
 
 
+@pytest.mark.slow
 def test_fit_command_in_estimate_mode(tmp_path) -> None:
     done = cli("fit", "--suite", "smoke", "--budget", "4MiB", "--methods", "unipt-pooled", "--out", str(tmp_path),
                "--limit", "64")
@@ -231,6 +246,7 @@ def test_fit_command_in_estimate_mode(tmp_path) -> None:
     assert record["max_batch"] == 64 or peaks.get(record["max_batch"] + 1, 2**62) > record["budget_bytes"]
 
 
+@pytest.mark.slow
 def test_calibration_can_leave_the_cublas_workspace_out(spec_factory) -> None:
     spec = spec_factory("unipt", mode="cuda")
     peak = calibrate(spec, measured=1)["estimate_peak_bytes"]
@@ -263,6 +279,14 @@ def test_overhead_is_the_ratio_of_medians() -> None:
     result = Overhead(untracked=[1.0, 2.0, 1.0], tracked=[1.01, 0.5, 1.02])
     assert (result.untracked_median, result.tracked_median) == (1.0, 1.01)
     assert result.percent == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("tracked", "within"), [(1.0, True), (1.0099, True), (1.0101, False), (1.5, False)])
+def test_overhead_is_judged_against_the_one_percent_goal(tracked: float, within: bool) -> None:
+    from unipt_bench.overhead import GOAL_PERCENT, Overhead
+
+    assert GOAL_PERCENT == 1.0
+    assert Overhead(untracked=[1.0] * 3, tracked=[tracked] * 3).within_goal is within
 
 
 def test_overhead_interleaves_untracked_and_tracked_steps(spec_factory) -> None:
@@ -312,6 +336,27 @@ def test_selfcheck_gpu_prints_both_ratios_and_the_overhead(monkeypatch) -> None:
     assert lines[2].split()[-5:] == ["0.5000", "48", "B", "0.9615", "MISS"]  # the verdict is on the raw ratio
     assert "1 of 2 within 3.0% of max_memory_allocated" in done.output
     assert "flickr30k/t5-bert/unipt" in lines[-2] and "overhead +0.50%" in lines[-1]
+    assert lines[-1].endswith("(goal: at most 1%)  ok")
+
+
+@pytest.mark.parametrize(("tracked", "exit_code", "verdict"), [(0.1005, 0, "ok"), (0.102, 1, "MISS")])
+def test_selfcheck_gpu_fails_when_the_overhead_misses_its_goal(monkeypatch, tracked: float, exit_code: int,
+                                                               verdict: str) -> None:
+    """Every run within its ratio goal: the exit status is the overhead's verdict alone."""
+    from click.testing import CliRunner
+
+    from unipt_bench import cli as cli_module
+    from unipt_bench import overhead, selfcheck
+    from unipt_bench.overhead import Overhead
+    from unipt_bench.selfcheck import Comparison
+
+    rows = [Comparison("flickr30k/t5-bert/unipt", 1000, 1010, "ok", 8)]
+    monkeypatch.setattr(cli_module, "resolve_mode", lambda mode, trains=False: (mode, ""))
+    monkeypatch.setattr(selfcheck, "run_selfcheck", lambda gpu, methods, store, run: (rows, 0.03))
+    monkeypatch.setattr(overhead, "measure_overhead", lambda spec, rounds: Overhead([0.1] * rounds, [tracked] * rounds))
+    done = CliRunner().invoke(cli_module.cli, ["selfcheck", "--gpu", "--overhead-rounds", "4"])
+    assert done.exit_code == exit_code, done.output
+    assert done.output.splitlines()[-1].endswith(f"(goal: at most 1%)  {verdict}")
 
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from unipt_bench.config import load_suite
 from unipt_bench.errors import NotApplicable
 from unipt_bench.memory.base import CATEGORIES, PHASES
 from unipt_bench.profile import profile
+from unipt_bench.suite_file import load_suite
+
+from .helpers import slow_except
 
 SMOKE = load_suite("smoke").with_mode("estimate")
 
@@ -16,7 +18,7 @@ def relative_gap(a: int, b: int) -> float:
     return abs(a - b) / max(a, b, 1)
 
 
-@pytest.mark.parametrize("spec", SMOKE, ids=[s.key for s in SMOKE])
+@pytest.mark.parametrize("spec", slow_except(SMOKE, {"bert/unipt"}))
 def test_estimate_and_cpu_agree_within_a_tenth_of_a_percent(spec) -> None:
     """The acceptance check: every smoke run, peak and every category and phase, within 0.1%."""
     try:
@@ -106,6 +108,7 @@ def test_optimizer_state_is_two_moments_per_trainable_parameter(spec_factory) ->
     assert out["memory"]["memtracker_fake"]["by_category"]["optimizer_state"] >= expected
 
 
+@pytest.mark.slow
 def test_side_method_peak_is_below_inserted_methods_at_paper_scale() -> None:
     """Table 5 BERT configuration: UniPT and LST avoid storing backbone activations, Adapter cannot."""
     specs = {s.label: s for s in load_suite("flickr30k").with_mode("estimate") if s.config == "t5-bert"}

@@ -11,12 +11,14 @@ import sys
 
 import pytest
 
-from unipt_bench.config import load_suite
 from unipt_bench.report.render import render_leaderboard, render_report
 from unipt_bench.results import ResultStore, RunResult
 from unipt_bench.runner import execute
+from unipt_bench.suite_file import load_suite
 
 from .browser import dump_dom, needs_chromium, screenshot
+
+pytestmark = pytest.mark.slow  # every test here reads a store of real estimate runs (one slow fixture)
 
 EVIL = "<script>document.title='pwned'</script>"
 
@@ -164,6 +166,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "unipt_bench.cli", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_report_and_leaderboard_commands(stored, tmp_path) -> None:
     root, _, _ = stored
     done = cli("report", "--suite", "smoke", "--results", str(root), "--out", str(tmp_path / "r.html"))

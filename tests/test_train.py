@@ -42,6 +42,7 @@ def precomp(tmp_path_factory):
     return write_precomp(tmp_path_factory.mktemp("data") / "flickr30k")
 
 
+@pytest.mark.slow
 def test_training_on_karpathy_images_beats_chance(tmp_path, karpathy) -> None:
     towers = [TowerSpec("image", "tiny-clip-vision", tuned=False), TEXT]
     out = run(tmp_path, spec("full", towers, {"dataset": "flickr30k", "steps": 60, "eval_every": 30}), karpathy.parent)
@@ -66,6 +67,7 @@ def test_training_on_precomp_features_beats_chance(tmp_path, precomp) -> None:
     assert metrics["cache"]["text"]["batch_hits"] > 0  # later steps reused the frozen backbone's states
 
 
+@pytest.mark.slow
 def test_hidden_state_cache_changes_nothing_but_speed(tmp_path, precomp) -> None:
     cached = run(tmp_path, precomp_spec("unipt", "auto"), precomp.parent, "a")["metrics"]
     plain = run(tmp_path, precomp_spec("unipt", "off"), precomp.parent, "b")["metrics"]
@@ -83,6 +85,7 @@ def test_validation_during_tracked_steps_is_the_evaluation_phase(tmp_path, preco
     assert len(memory["step_peak_bytes"]) == 2  # validations are not steps
 
 
+@pytest.mark.slow
 def test_training_is_deterministic(tmp_path, precomp) -> None:
     first = run(tmp_path, precomp_spec("lora", steps=20), precomp.parent, "a")["metrics"]
     second = run(tmp_path, precomp_spec("lora", steps=20), precomp.parent, "b")["metrics"]
@@ -118,6 +121,7 @@ def cli(*args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_and_keeps_finished_results(tmp_path, precomp) -> None:
     suite = tmp_path / "resume.toml"
     suite.write_text(SUITE.format(steps=300))

@@ -43,11 +43,11 @@ def cli() -> None:
 
 
 @cli.command("list")
-@click.argument("what", type=click.Choice(["all", "suites", "backbones", "methods", "tasks", "options"]),
+@click.argument("what", type=click.Choice(["all", "suites", "backbones", "methods", "tasks", "trackers", "options"]),
                 default="all")
 def list_cmd(what: str) -> None:
     """List built-in suites, backbones, methods and tasks; `options`: every option with its default and range."""
-    from .config import builtin_suites, suite_description_of
+    from .suite_file import builtin_suites, suite_description_of
 
     if what in ("all", "suites"):
         click.echo("suites:")
@@ -67,13 +67,22 @@ def list_cmd(what: str) -> None:
         for name in METHODS.names():
             cls = METHODS.get(name)
             doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
-            click.echo(f"  {name:<10} {doc}  [{', '.join(sorted(cls.kinds))}]")
+            needs = [f"needs {', '.join(c.__name__ for c in cls.needs)}"] if cls.needs else []
+            needs += [f"designs for {', '.join(sorted(cls.kinds))}"] if cls.kinds else []
+            click.echo(f"  {name:<10} {doc}" + (f"  [{'; '.join(needs)}]" if needs else ""))
     if what in ("all", "tasks"):
         from .tasks import TASKS
 
         click.echo("tasks:")
         for name in TASKS.names():
             click.echo(f"  {name:<10} {(TASKS.get(name).__doc__ or '').strip().splitlines()[0]}")
+    if what in ("all", "trackers"):
+        from .memory.registry import describe
+
+        click.echo("trackers:")
+        for t in describe():
+            role = "primary" if t["primary"] else "optional"
+            click.echo(f"  {t['name']:<15} {t['description']}  [{', '.join(t['modes'])}; {role}]")
     if what == "options":
         from .config import TrainSpec
         from .configurable import describe_options
@@ -121,13 +130,15 @@ def resolve_mode(mode: str, trains: bool = False) -> tuple[str, str]:
 @click.option("--nvml-interval", default=0.01, show_default=True, help="cuda: seconds between NVML samples.")
 @click.option("--data-root", default=os.environ.get("UNIPT_BENCH_DATA", "data"), show_default=True,
               type=click.Path(file_okay=False), help="Where training suites find datasets (env UNIPT_BENCH_DATA).")
+@click.option("--trackers", default=None,
+              help="Comma-separated trackers to run (default: the suite's list, else all; see `list trackers`).")
 def run(suite: str, mode: str, methods: str | None, out: str, force: bool, busy_threshold: str,
-        memory_snapshot: bool, calibrate: bool, nvml_interval: float, data_root: str) -> None:
+        memory_snapshot: bool, calibrate: bool, nvml_interval: float, data_root: str, trackers: str | None) -> None:
     """Profile every run of a suite and store one JSON result per run."""
     from .atomic import check_writable_dir
-    from .config import load_suite, select_methods
     from .fit import parse_bytes
     from .results import ResultStore
+    from .suite_file import load_suite, select_methods
 
     if not math.isfinite(nvml_interval) or nvml_interval <= 0:
         raise UserError(f"--nvml-interval {nvml_interval}: must be a positive number of seconds")
@@ -142,6 +153,7 @@ def run(suite: str, mode: str, methods: str | None, out: str, force: bool, busy_
     mode, why = resolve_mode(mode, trains=any(s.train for s in loaded.specs))
     specs = select_methods(loaded.with_mode(mode), methods)
     check_writable_dir(out, "--out")
+    options["trackers"] = loaded.trackers if trackers is None else tracker_list(trackers)
     store = ResultStore(out)
     latest = store.latest(loaded.name)
     todo = [s for s in specs if force or not store.is_complete(s, latest)]
@@ -230,7 +242,7 @@ def results(suite: str, out: str, fmt: str) -> None:
         raise UserError(f"no results for suite {suite!r} in {out}{hint}{skipped_note(store)}; "
                         f"run: unipt-bench run --suite {suite}")
     warn_skipped(store)
-    rows = [r.row() for r in sorted(latest.values(), key=lambda r: (r.spec["order"], r.spec["mode"]))]
+    rows = [r.row() for r in sorted(latest.values(), key=lambda r: r.display_order)]
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
     elif fmt == "csv":
@@ -254,13 +266,16 @@ def results(suite: str, out: str, fmt: str) -> None:
 def fit(suite: str, budget: str, mode: str, methods: str | None, limit: int, out: str) -> None:
     """Find each run's largest per-GPU batch under a memory budget, and its memory-vs-batch line."""
     from .atomic import check_writable_dir, write_atomic
-    from .config import RunSpec, load_suite, select_methods
+    from .config import RunSpec
     from .fit import fit_spec, parse_bytes
     from .results import ResultStore, now
     from .runner import Worker
+    from .suite_file import load_suite, select_methods
 
     store = ResultStore(out)
     budget_bytes = parse_bytes(budget)
+    if budget_bytes <= 0:
+        raise UserError(f"--budget {budget!r}: must be more than 0 bytes")
     loaded = load_suite(suite)
     mode, why = resolve_mode(mode)
     specs = select_methods(loaded.with_mode(mode), methods)
@@ -314,7 +329,7 @@ def selfcheck(gpu: bool, methods: str | None, out: str, overhead_rounds: int) ->
     Without --gpu: the smoke suite's BERT runs in estimate and cpu mode must agree within 0.1%.
     With --gpu: those runs and the paper's Table 5 BERT runs are measured in cuda mode, each with its
     fake-tensor estimate; the goal is a ratio within 3%. Then the cuda trackers' overhead on the step
-    time of Table 5's BERT UniPT run (goal: at most 1%).
+    time of Table 5's BERT UniPT run (goal: at most 1%). Exits 1 when a run or the overhead misses its goal.
     """
     from .results import ResultStore
     from .selfcheck import run_selfcheck
@@ -336,26 +351,29 @@ def selfcheck(gpu: bool, methods: str | None, out: str, overhead_rounds: int) ->
     misses = [r for r in rows if not r.within(tolerance)]
     against = "max_memory_allocated" if gpu else "cpu tensors"
     click.echo(f"{len(rows) - len(misses)} of {len(rows)} within {tolerance:.1%} of {against}")
-    if gpu:
-        if overhead_rounds:
-            report_overhead(overhead_rounds)
-    else:
+    overhead_ok = True
+    if gpu and overhead_rounds:
+        overhead_ok = report_overhead(overhead_rounds)
+    elif not gpu:
         click.echo("GPU calibration: not run (add --gpu on a machine with a CUDA GPU)")
-    if misses:
+    if misses or not overhead_ok:
         sys.exit(1)
 
 
-def report_overhead(rounds: int) -> None:
-    """Print the cuda trackers' overhead on one paper-scale run's step time."""
-    from .overhead import measure_overhead
+def report_overhead(rounds: int) -> bool:
+    """Print the cuda trackers' overhead on one paper-scale run's step time and its verdict; True when within goal."""
+    from .overhead import GOAL_PERCENT, measure_overhead
     from .selfcheck import overhead_spec
 
     spec = overhead_spec()
     click.echo(f"tracking overhead on {spec.suite}/{spec.config}/{spec.label} (cuda allocator peaks per phase + NVML "
                f"sampler), {rounds} interleaved rounds ...")
     result = measure_overhead(spec, rounds)
+    verdict = "ok" if result.within_goal else "MISS"
     click.echo(f"step time median: untracked {result.untracked_median * 1e3:.2f} ms, tracked "
-               f"{result.tracked_median * 1e3:.2f} ms: overhead {result.percent:+.2f}% (goal: at most 1%)")
+               f"{result.tracked_median * 1e3:.2f} ms: overhead {result.percent:+.2f}% (goal: at most "
+               f"{GOAL_PERCENT:g}%)  {verdict}")
+    return result.within_goal
 
 
 @cli.command()
@@ -401,7 +419,7 @@ def leaderboard(results_dir: str, out_dir: str) -> None:
         raise UserError(f"no results in {results_dir}; run a suite first: unipt-bench run --suite quickstart")
     rows = []
     for name in suites:
-        found = sorted(store.latest(name).values(), key=lambda r: (r.spec["order"], r.spec["mode"]))
+        found = sorted(store.latest(name).values(), key=lambda r: r.display_order)
         if not found:
             continue
         write_atomic(Path(out_dir) / f"{name}.html", render_report(name, found, results_dir, suite_description(found)))
@@ -444,7 +462,6 @@ def gate(suite: str, baseline: str, tolerance: str, metrics: str | None, mode: s
          markdown_file: str | None, bench_file: str | None, out: str) -> None:
     """Compare a suite's memory with a baseline: exit 1 on a regression beyond the tolerance."""
     from .atomic import check_writable_dir, check_writable_file, write_atomic
-    from .config import load_suite, select_methods
     from .gate import (
         DEFAULT_METRICS,
         benchmark_json,
@@ -457,6 +474,7 @@ def gate(suite: str, baseline: str, tolerance: str, metrics: str | None, mode: s
     )
     from .gate import markdown as gate_markdown
     from .results import ResultStore
+    from .suite_file import load_suite, select_methods
 
     limit = parse_tolerance(tolerance)
     outputs = {"--junit": junit_file, "--markdown": markdown_file, "--benchmark-json": bench_file,
@@ -519,6 +537,15 @@ def gate(suite: str, baseline: str, tolerance: str, metrics: str | None, mode: s
         sys.exit(1)
 
 
+def tracker_list(text: str) -> list[str]:
+    """--trackers a,b: registered names (one-line error otherwise)."""
+    from .memory.registry import check_selection
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    check_selection(names)
+    return names
+
+
 def skipped_note(store: Any) -> str:
     """For a 'no results' error: the result files that were there but could not be read."""
     if not store.skipped:
@@ -536,7 +563,8 @@ def warn_skipped(store: Any) -> None:
 
 def suite_name(suite: str) -> str:
     """Accept a suite path as well as a name: stored results are keyed by the suite's name."""
-    from .config import check_name, read_toml
+    from .config import check_name
+    from .suite_file import read_toml
 
     if suite.endswith(".toml"):
         data = read_toml(Path(suite))

@@ -14,7 +14,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def l1norm(x: torch.Tensor, dim: int | tuple[int, ...]) -> torch.Tensor:
-    """x / (sum |x| + 1e-8) along `dim` (SPEC_METHODS notation)."""
+    """x / (sum |x| + 1e-8) along `dim` (docs/methods.md §0)."""
     return x / (x.abs().sum(dim=dim, keepdim=True) + 1e-8)
 
 

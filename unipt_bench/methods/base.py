@@ -78,7 +78,6 @@ class Method(Configurable):
         )
 
 
-
 def linear_params(i: int, o: int) -> int:
     """Linear(i -> o) or Conv1x1(i -> o) with a bias: i*o + o (docs/methods.md §0)."""
     return i * o + o

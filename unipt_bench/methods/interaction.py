@@ -1,4 +1,5 @@
-"""UniPT's parallel interaction and confidence aggregation (SPEC_METHODS 1.1 steps 2-3), shared by every variant."""
+"""UniPT's parallel interaction and confidence aggregation (docs/methods.md §1.1 steps 2-3), shared by every
+variant."""
 
 from __future__ import annotations
 

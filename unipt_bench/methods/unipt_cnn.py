@@ -1,5 +1,5 @@
-"""UniPT for CNNs (SPEC_METHODS 1.2): last-stage-guided pre-interaction pools each stage onto the last grid,
-then the transformer procedure (post-interaction) runs over the grid's tokens."""
+"""UniPT for CNNs (docs/methods.md §1.2): last-stage-guided pre-interaction pools each stage onto the last
+grid, then the transformer procedure (post-interaction) runs over the grid's tokens."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from ..backbones.base import BackboneOutput
 from ..errors import UserError
 from ..ops import l1norm
+from .base import down_params, linear_params
 from .interaction import parallel_interaction
 
 
@@ -55,6 +56,14 @@ class ParallelCNN(nn.Module):
         self.proj = nn.Sequential(nn.Conv2d(width, width, 1), nn.BatchNorm2d(width))
         self.up = nn.Sequential(nn.ReLU(), nn.Conv2d(width, out_dim, 1))
         self.gate = nn.Linear(width, 1)
+
+    @staticmethod
+    def trainable_params(channels: tuple[int, ...], width: int, out_dim: int) -> int:
+        """sum_k (C_k m + 3 m) + sum_{k<K} (C_K C_k + C_k) + (m^2 + 3 m) + (m E + E) + (m + 1)
+        (docs/methods.md §1.2)."""
+        downs = sum(down_params(c, width) for c in channels)
+        guides = sum(linear_params(channels[-1], c) for c in channels[:-1])
+        return downs + guides + down_params(width, width) + linear_params(width, out_dim) + linear_params(width, 1)
 
     def forward(self, out: BackboneOutput) -> BackboneOutput:
         *early, last = out.hidden  # stages [B, C_k, H_k, W_k]; last [B, C_4, h, w]

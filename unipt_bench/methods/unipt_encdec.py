@@ -1,4 +1,4 @@
-"""UniPT for an encoder-decoder (SPEC_METHODS 1.4, MDETR): an encoder-side parallel network builds a side
+"""UniPT for an encoder-decoder (docs/methods.md §1.4, MDETR): an encoder-side parallel network builds a side
 memory; each used decoder layer first attends to it (pre-interaction), then the decoder-side parallel
 interaction runs with the decoder's last state as anchor."""
 
@@ -11,6 +11,7 @@ from torch import nn
 
 from ..backbones.encdec import EncDecOutput
 from ..ops import l1norm
+from .base import down_params, linear_params
 from .interaction import parallel_interaction
 
 
@@ -35,6 +36,13 @@ class ParallelEncDec(nn.Module):
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
+
+    @staticmethod
+    def trainable_params(width: int, m: int, layers: tuple[int, ...], depth: int) -> int:
+        """Two sides of (U + 1) Down, a Proj and a gate, U Cross and one Up, for U used layers
+        (docs/methods.md §1.4)."""
+        side = (len(layers) + 1) * down_params(width, m) + down_params(m, m) + linear_params(m, 1)
+        return 2 * side + len(layers) * linear_params(m, m) + linear_params(m, width)
 
     def forward(self, out: EncDecOutput) -> EncDecOutput:
         enc, dec, mask = out.hidden, out.decoder_hidden, out.memory_mask  # states 0..depth

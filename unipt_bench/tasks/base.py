@@ -22,7 +22,7 @@ register_task = TASKS.named
 
 @dataclass(frozen=True)
 class Recipe:
-    """Optimiser settings of the task's reference recipe (SPEC_METHODS section 4)."""
+    """Optimiser settings of the task's reference recipe (docs/methods.md §4.1)."""
 
     lr: float
     weight_decay: float

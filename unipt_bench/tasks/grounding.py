@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..configurable import bounded
 from .base import Recipe, Task, TaskModel, Tower, register_task
 
 TOKEN_CLASSES = 256  # MDETR: 255 text-token positions + "no object"
@@ -87,10 +88,10 @@ class Grounding(Task):
 
     recipe = Recipe(lr=5e-4, weight_decay=1e-4, grad_clip=0.1)  # MDETR fine-tuning: AdamW, clip 0.1
     tower_count = 1
-    hidden_dim: int = 256  # width side methods project to: the transformer's width
-    no_object_weight: float = 0.1
-    l1_weight: float = 5.0
-    giou_weight: float = 2.0
+    hidden_dim: int = bounded(256, at_least=1)  # width side methods project to: the transformer's width
+    no_object_weight: float = bounded(0.1, at_least=0)
+    l1_weight: float = bounded(5.0, at_least=0)
+    giou_weight: float = bounded(2.0, at_least=0)
 
     @property
     def out_dim(self) -> int:

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..backbones.base import BackboneOutput
+from ..configurable import bounded
 from ..errors import UserError
 from ..ops import l2norm
 from .base import Recipe, Task, TaskModel, Tower, register_task
@@ -122,12 +123,12 @@ class Retrieval(Task):
 
     recipe = Recipe(lr=5e-4, weight_decay=1e-4, grad_clip=2.0)  # VSE-infinity: AdamW, clip 2.0
     tower_count = 2
-    embed_dim: int = 1024
+    embed_dim: int = bounded(1024, at_least=1)
     pooling: str = "gpo"  # default for towers that do not set their own
     loss: str = "hinge"  # "hinge" (VSE++ triplet) or "infonce"
-    margin: float = 0.2
+    margin: float = bounded(0.2, at_least=0)
     hardest_negatives: bool = True  # max-violation (the reference switches it on after epoch 1)
-    temperature: float = 0.01  # InfoNCE: CLIP's logit scale of 100
+    temperature: float = bounded(0.01, above=0)  # InfoNCE: CLIP's logit scale of 100
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..backbones.base import BackboneOutput
+from ..configurable import bounded
 from ..errors import UserError
 from .base import Recipe, Task, TaskModel, Tower, register_task
 from .pooling import make_pooling
@@ -82,8 +83,8 @@ class VQA(Task):
     """VQAv2 on a joint cross-modal transformer (CLIP-ViL recipe), or a question and an image tower."""
 
     recipe = Recipe(lr=5e-4, weight_decay=0.01, grad_clip=1.0)  # CLIP-ViL VQA: AdamW, warm-up 5%, clip 1.0
-    num_answers: int = 3129  # VQAv2 answers seen at least 9 times (LXMERT's vocabulary)
-    hidden_dim: int = 768  # width side methods project to (the joint transformer's), and the fusion width
+    num_answers: int = bounded(3129, at_least=1)  # VQAv2 answers seen at least 9 times (LXMERT's vocabulary)
+    hidden_dim: int = bounded(768, at_least=1)  # width side methods project to (the joint transformer's), and the fusion width
 
     def check_towers(self, count: int) -> None:
         if count not in (1, 2):
