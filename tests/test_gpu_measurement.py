@@ -325,7 +325,7 @@ def test_selfcheck_gpu_prints_both_ratios_and_the_overhead(monkeypatch) -> None:
 
     rows = [Comparison("flickr30k/t5-bert/unipt", 1000, 1010, "ok", 8),
             Comparison("smoke/bert/unipt", 50, 100, "ok", 48)]
-    monkeypatch.setattr(cli_module, "resolve_mode", lambda mode, trains=False: (mode, ""))
+    monkeypatch.setattr(cli_module.selfcheck, "resolve_mode", lambda mode, trains=False: (mode, ""))
     monkeypatch.setattr(selfcheck, "run_selfcheck", lambda gpu, methods, store, run: (rows, 0.03))
     monkeypatch.setattr(overhead, "measure_overhead", lambda spec, rounds: Overhead([0.1] * rounds, [0.1005] * rounds))
     done = CliRunner().invoke(cli_module.cli, ["selfcheck", "--gpu", "--overhead-rounds", "4"])
@@ -351,7 +351,7 @@ def test_selfcheck_gpu_fails_when_the_overhead_misses_its_goal(monkeypatch, trac
     from unipt_bench.selfcheck import Comparison
 
     rows = [Comparison("flickr30k/t5-bert/unipt", 1000, 1010, "ok", 8)]
-    monkeypatch.setattr(cli_module, "resolve_mode", lambda mode, trains=False: (mode, ""))
+    monkeypatch.setattr(cli_module.selfcheck, "resolve_mode", lambda mode, trains=False: (mode, ""))
     monkeypatch.setattr(selfcheck, "run_selfcheck", lambda gpu, methods, store, run: (rows, 0.03))
     monkeypatch.setattr(overhead, "measure_overhead", lambda spec, rounds: Overhead([0.1] * rounds, [tracked] * rounds))
     done = CliRunner().invoke(cli_module.cli, ["selfcheck", "--gpu", "--overhead-rounds", "4"])

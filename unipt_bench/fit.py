@@ -97,3 +97,27 @@ def peak_of(result: dict[str, Any]) -> int | None:
 def fit_spec(spec: RunSpec, budget: int, run: Callable[[RunSpec], dict[str, Any]], limit: int) -> FitResult:
     """Fit one spec, starting from its own per-GPU batch; `run` profiles a spec and returns its result dict."""
     return fit_batch(lambda batch: peak_of(run(with_batch(spec, batch))), budget, spec.batch, limit)
+
+
+class Prober:
+    """Runs a fit's probes in worker processes. Estimate probes share one worker (fake tensors leave nothing
+    behind); cpu and GPU probes each get a fresh process, so no allocator state carries over, even after
+    an out-of-memory probe. No probe computes a calibration estimate: a probe needs its peak only."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.worker: Any = None
+
+    def __call__(self, spec: RunSpec) -> dict[str, Any]:
+        from . import runner
+
+        if self.worker is not None and self.mode != "estimate":
+            self.close()
+        if self.worker is None:
+            self.worker = runner.Worker()
+        return self.worker.run(spec, {"calibrate": False})
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None

@@ -12,4 +12,5 @@ import pkgutil
 def import_all(package: str, path: list[str]) -> None:
     """Import each module of `package` (its `__path__`), in name order."""
     for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
-        importlib.import_module(f"{package}.{info.name}")
+        if not info.name.startswith("_"):  # never __main__ (or private helpers)
+            importlib.import_module(f"{package}.{info.name}")

@@ -1,0 +1,65 @@
+"""`unipt-bench list`: suites, backbones, methods, tasks, trackers and every option with its range."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .app import cli
+
+
+@cli.command("list")
+@click.argument("what", type=click.Choice(["all", "suites", "backbones", "methods", "tasks", "trackers", "options"]),
+                default="all")
+def list_cmd(what: str) -> None:
+    """List built-in suites, backbones, methods and tasks; `options`: every option with its default and range."""
+    from ..suite_file import builtin_suites, suite_description_of
+
+    if what in ("all", "suites"):
+        click.echo("suites:")
+        for name, path in sorted(builtin_suites().items()):
+            click.echo(f"  {name:<14} {suite_description_of(path)}")
+    if what in ("all", "backbones"):
+        from ..backbones import BACKBONES
+
+        click.echo("backbones:")
+        for name in BACKBONES.names():
+            info = BACKBONES.get(name)
+            click.echo(f"  {name:<18} {info.description}")
+    if what in ("all", "methods"):
+        from ..methods import METHODS
+
+        click.echo("methods:")
+        for name in METHODS.names():
+            cls = METHODS.get(name)
+            doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+            needs = [f"needs {', '.join(c.__name__ for c in cls.needs)}"] if cls.needs else []
+            needs += [f"designs for {', '.join(sorted(cls.kinds))}"] if cls.kinds else []
+            click.echo(f"  {name:<10} {doc}" + (f"  [{'; '.join(needs)}]" if needs else ""))
+    if what in ("all", "tasks"):
+        from ..tasks import TASKS
+
+        click.echo("tasks:")
+        for name in TASKS.names():
+            click.echo(f"  {name:<10} {(TASKS.get(name).__doc__ or '').strip().splitlines()[0]}")
+    if what in ("all", "trackers"):
+        from ..memory.registry import describe
+
+        click.echo("trackers:")
+        for t in describe():
+            role = "primary" if t["primary"] else "optional"
+            click.echo(f"  {t['name']:<15} {t['description']}  [{', '.join(t['modes'])}; {role}]")
+    if what == "options":
+        from ..config import TrainSpec
+        from ..configurable import describe_options
+        from ..methods import METHODS
+        from ..tasks import TASKS
+
+        tables = [(f"method {n}", METHODS.get(n)) for n in METHODS.names()]
+        tables += [(f"task {n} (task_options)", TASKS.get(n)) for n in TASKS.names()]
+        for title, cls in [*tables, ("train (a configuration's train table)", TrainSpec)]:
+            lines = describe_options(cls)
+            click.echo(f"{title}:" + ("" if lines else " no options"))
+            for line in lines:
+                click.echo(f"  {line}")

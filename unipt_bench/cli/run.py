@@ -1,0 +1,64 @@
+"""`unipt-bench run`: profile (or train) every run of a suite and store one result per run."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import click
+
+from ..errors import UserError
+from .app import cli, out_option
+from .common import resolve_mode, run_with_progress, summarize, tracker_list
+
+
+@cli.command()
+@click.option("--suite", required=True, help="Built-in suite name or path to a suite TOML file.")
+@click.option("--mode", type=click.Choice(["auto", "estimate", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: cuda when a GPU is visible, else estimate.")
+@click.option("--methods", default=None, help="Comma-separated method names or labels to run (default: all).")
+@out_option
+@click.option("--force", is_flag=True, help="Run again even when a current result exists.")
+@click.option("--busy-threshold", default="1GiB", show_default=True,
+              help="cuda: refuse runs while other processes hold more GPU memory than this ('none': never refuse).")
+@click.option("--memory-snapshot", is_flag=True, help="cuda: save each run's allocator snapshot beside its result.")
+@click.option("--calibrate/--no-calibrate", default=True, show_default=True,
+              help="cuda: also estimate each run on fake tensors and store estimate / measured.")
+@click.option("--nvml-interval", default=0.01, show_default=True, help="cuda: seconds between NVML samples.")
+@click.option("--data-root", default=os.environ.get("UNIPT_BENCH_DATA", "data"), show_default=True,
+              type=click.Path(file_okay=False), help="Where training suites find datasets (env UNIPT_BENCH_DATA).")
+@click.option("--trackers", default=None,
+              help="Comma-separated trackers to run (default: the suite's list, else all; see `list trackers`).")
+def run(suite: str, mode: str, methods: str | None, out: str, force: bool, busy_threshold: str,
+        memory_snapshot: bool, calibrate: bool, nvml_interval: float, data_root: str, trackers: str | None) -> None:
+    """Profile every run of a suite and store one JSON result per run."""
+    from ..atomic import check_writable_dir
+    from ..fit import parse_bytes
+    from ..results import ResultStore
+    from ..suite_file import load_suite, select_methods
+
+    if not math.isfinite(nvml_interval) or nvml_interval <= 0:
+        raise UserError(f"--nvml-interval {nvml_interval}: must be a positive number of seconds")
+    options = {
+        "busy_threshold": None if busy_threshold.lower() == "none" else parse_bytes(busy_threshold),
+        "calibrate": calibrate,
+        "nvml_interval": nvml_interval,
+        "data_root": data_root,
+        "resume": not force,  # --force trains from scratch, never from an earlier run's checkpoint
+    }
+    loaded = load_suite(suite)
+    mode, why = resolve_mode(mode, trains=any(s.train for s in loaded.specs))
+    specs = select_methods(loaded.with_mode(mode), methods)
+    check_writable_dir(out, "--out")
+    options["trackers"] = loaded.trackers if trackers is None else tracker_list(trackers)
+    store = ResultStore(out)
+    latest = store.latest(loaded.name)
+    todo = [s for s in specs if force or not store.is_complete(s, latest)]
+    click.echo(f"{loaded.name}: {len(specs)} runs in {why}")
+    if len(todo) < len(specs):
+        click.echo(f"  {len(specs) - len(todo)} already done (same spec); --force runs them again")
+    results = run_with_progress(todo, store, options, memory_snapshot)
+    summarize(loaded.name, results, out)
+    if any(r.status == "error" for r in results):
+        sys.exit(1)
