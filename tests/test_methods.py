@@ -202,3 +202,10 @@ def test_method_options_are_validated() -> None:
         create_method("unipt", {"rank": 4})
     with pytest.raises(UserError, match="must be a int"):
         create_method("lora", {"rank": "8"})
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_every_method_applies_to_some_tiny_backbone(method: str) -> None:
+    """So that the registry-wide closed-form check above never passes by refusing everything."""
+    tuned = create_method(method)
+    assert [b for b in TINY if not tuned.refusal(create_backbone(b))], f"{method} applies to no tiny backbone"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -103,6 +104,17 @@ class SideLayers(Protocol):
     def side_layer(self, reduction: int) -> nn.Module: ...
 
     def run_side_layer(self, layer: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class LateLayers(Protocol):
+    """a forward split before its last layers: the early hidden states, then the last layers on a new state"""
+
+    num_layers: int
+
+    def early_layers_only(self, late: int) -> AbstractContextManager[None]: ...
+
+    def run_late_layers(self, inputs: dict[str, torch.Tensor], entry: torch.Tensor, late: int) -> BackboneOutput: ...
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ find their insertion points through it instead of `if` chains on model names.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -214,3 +216,35 @@ class HFEncoder(Backbone):
         attn_mask = None if mask is None else mask[:, None, None, :].bool()  # [B, 1, 1, N], True = attend
         out = layer(x, attn_mask)
         return out[0] if isinstance(out, tuple) else out
+
+    # -- LateLayers: SHERL's split forward ---------------------------------------------------------
+    @contextmanager
+    def layers_only(self, start: int, stop: int, entry: torch.Tensor | None = None) -> Iterator[None]:
+        """Within: the model runs layers start..stop-1 only; `entry` [B, N, D] replaces the first one's input.
+
+        Everything else (embeddings, masks as the family builds them, final norm) runs as usual.
+        """
+        parent_path, _, leaf = self.layout.layers.rpartition(".")
+        parent = get_path(self.model, parent_path) if parent_path else self.model
+        layers = getattr(parent, leaf)
+        setattr(parent, leaf, layers[start:stop])
+        hook = None if entry is None else layers[start].register_forward_pre_hook(lambda _, args: (entry, *args[1:]))
+        try:
+            yield
+        finally:
+            setattr(parent, leaf, layers)
+            if hook is not None:
+                hook.remove()
+
+    def early_layers_only(self, late: int) -> AbstractContextManager[None]:
+        """Within: forward stops before the last `late` layers (all_hidden gives h_0..h_{L-late})."""
+        return self.layers_only(0, self.num_layers - late)
+
+    def run_late_layers(self, inputs: dict[str, torch.Tensor], entry: torch.Tensor, late: int) -> BackboneOutput:
+        """The last `late` layers, then the family's final norm, on `entry` [B, N, D] in place of h_{L-late}.
+
+        Called as a continuation of the frozen pass, not through this module's own hooks (which see the
+        frozen pass only); the embeddings are recomputed and discarded (no gradient: frozen, no graph).
+        """
+        with self.layers_only(self.num_layers - late, self.num_layers, entry):
+            return self.forward(inputs)
