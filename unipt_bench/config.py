@@ -94,7 +94,13 @@ class RunSpec:
         return f"{self.config}/{self.label}/{self.mode}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As stored in results: a tower's `architecture` only where it has one (registered, random-weight
+        towers are written, and digested, as before the field existed)."""
+        data = asdict(self)
+        for tower in data["towers"]:
+            if not tower["architecture"]:
+                del tower["architecture"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
@@ -105,9 +111,6 @@ class RunSpec:
         data = self.to_dict()
         data.pop("order")
         data.pop("title")
-        for tower in data["towers"]:
-            if not tower["architecture"]:  # registered, random-weight towers: digests as before the field
-                tower.pop("architecture")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

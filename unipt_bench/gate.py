@@ -41,7 +41,7 @@ def entry(result: RunResult) -> dict[str, Any]:
         "metrics": run_metrics(result),
         "protocol": {k: protocol.get(k) for k in PROTOCOL_FIELDS if k in protocol},
         "versions": {k: packages.get(k) for k in VERSIONED},
-        "spec": result.spec,
+        "spec": result.run_spec.to_dict(),  # canonical: as this version writes specs
     }
 
 

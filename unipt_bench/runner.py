@@ -8,7 +8,9 @@ allocator blocks never carry over. Results are written as soon as each run ends.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
+import threading
 import traceback
 import warnings
 from collections.abc import Callable
@@ -58,8 +60,10 @@ def execute(spec_data: dict[str, Any], options: dict[str, Any] | None = None,
     return result.__dict__
 
 
-def _serve(conn: Connection) -> None:
-    """Child loop: receive spec dicts, send result dicts, stop on None."""
+def _serve(conn: Connection, env: dict[str, str]) -> None:
+    """Child loop: receive spec dicts, send result dicts, stop on None. `env` is set before torch loads
+    (e.g. CUDA_VISIBLE_DEVICES: the GPU of this worker's lane)."""
+    os.environ.update(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
     from transformers.utils import logging as hf_logging
 
@@ -72,10 +76,10 @@ def _serve(conn: Connection) -> None:
 class Worker:
     """One spawned child process that runs specs sent to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, args=(child,), daemon=True)
+        self.process = ctx.Process(target=_serve, args=(child, env or {}), daemon=True)
         self.process.start()
         child.close()
 
@@ -112,6 +116,37 @@ def failed(spec: RunSpec, status: str, message: str) -> RunResult:
                      finished=stamp)
 
 
+class Lane:
+    """One slot of runs: each cpu or cuda run in a fresh child process, estimate runs in one reused child
+    (fake tensors leave nothing behind); `env` goes to every child it starts (its GPU, for instance)."""
+
+    def __init__(self, isolate: bool = True, env: dict[str, str] | None = None) -> None:
+        self.isolate, self.env = isolate, env
+        self.worker: Worker | None = None
+
+    def run(self, spec: RunSpec, run_options: dict[str, Any], progress: Callable[[dict[str, Any]], None]) -> RunResult:
+        if not self.isolate:
+            return RunResult(**execute(spec.to_dict(), run_options, progress))
+        if self.worker is None or spec.mode != "estimate":
+            self.close()
+            self.worker = Worker(self.env)
+        try:
+            return RunResult(**self.worker.run(spec, run_options, progress))
+        except (ChildProcessError, EOFError, OSError) as exc:
+            self.kill()
+            return failed(spec, "error", str(exc))
+
+    def kill(self) -> None:
+        if self.worker is not None:
+            self.worker.kill()
+            self.worker = None
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+
 def run_specs(
     specs: list[RunSpec],
     store: ResultStore,
@@ -121,52 +156,90 @@ def run_specs(
     options: dict[str, Any] | None = None,
     snapshots: bool = False,
     on_progress: Callable[[RunSpec, dict[str, Any]], None] = lambda spec, info: None,
+    jobs: int = 1,
+    lane_env: Callable[[int], dict[str, str]] = lambda lane: {},
 ) -> list[RunResult]:
-    """Run specs in order, writing each result as it ends. Ctrl-C records `interrupted` and re-raises.
+    """Run specs, writing each result as it ends. Ctrl-C records `interrupted` for every run in flight and
+    re-raises.
 
-    options are RunOptions fields; snapshots=True saves each cuda run's allocator snapshot beside its result.
+    options are RunOptions fields; snapshots=True saves each cuda run's allocator snapshot beside its
+    result. jobs > 1 runs that many lanes at once (each its own child processes; `lane_env(k)` is lane
+    k's environment); results are the same files as one lane writes, in the order runs end.
     """
+    lock = threading.Lock()
     results: list[RunResult] = []
-    worker: Worker | None = None
 
-    def run_one(spec: RunSpec) -> RunResult:
-        nonlocal worker
+    def run_one(lane: Lane, spec: RunSpec) -> RunResult:
         run_options = dict(options or {})
         if snapshots and spec.mode == "cuda":
             run_options["snapshot"] = str(store.snapshot_path(spec))
         if spec.train:
             run_options["checkpoints"] = str(store.checkpoint_dir(spec))
-        progress = lambda info: on_progress(spec, info)  # noqa: E731
-        if not isolate:
-            return RunResult(**execute(spec.to_dict(), run_options, progress))
-        if worker is None or spec.mode != "estimate":
-            if worker is not None:
-                worker.close()
-            worker = Worker()
-        try:
-            return RunResult(**worker.run(spec, run_options, progress))
-        except (ChildProcessError, EOFError, OSError) as exc:
-            worker.kill()
-            worker = None
-            return failed(spec, "error", str(exc))
+        return lane.run(spec, run_options, lambda info: on_progress(spec, info))
 
-    try:
-        for spec in specs:
-            on_start(spec)
-            try:
-                result = run_one(spec)
-            except KeyboardInterrupt:
-                if worker is not None:
-                    worker.kill()
-                    worker = None
-                result = failed(spec, "interrupted", "interrupted by the user (Ctrl-C)")
-                store.write(result)
-                on_result(result)
-                raise
+    def finish(result: RunResult, keep: bool = True) -> None:
+        with lock:
             store.write(result)
-            results.append(result)
+            if keep:
+                results.append(result)
             on_result(result)
+
+    if jobs <= 1:
+        lane = Lane(isolate)
+        try:
+            for spec in specs:
+                on_start(spec)
+                try:
+                    result = run_one(lane, spec)
+                except KeyboardInterrupt:
+                    lane.kill()
+                    finish(failed(spec, "interrupted", "interrupted by the user (Ctrl-C)"), keep=False)
+                    raise
+                finish(result)
+        finally:
+            lane.close()
+        return results
+
+    pending = list(reversed(specs))
+    in_flight: dict[int, RunSpec] = {}
+    lanes = [Lane(isolate, lane_env(k)) for k in range(jobs)]
+    stop = threading.Event()
+
+    def serve(k: int) -> None:
+        while not stop.is_set():
+            with lock:
+                if not pending:
+                    return
+                spec = in_flight[k] = pending.pop()
+                on_start(spec)
+            try:
+                result = run_one(lanes[k], spec)
+            except Exception as exc:  # noqa: BLE001  (a lane never dies silently: its run becomes an error)
+                result = failed(spec, "error", f"{type(exc).__name__}: {exc}")
+            if stop.is_set():
+                return  # interrupted: the main thread records this run
+            with lock:
+                in_flight.pop(k, None)
+            finish(result)
+
+    threads = [threading.Thread(target=serve, args=(k,), daemon=True) for k in range(jobs)]
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(timeout=0.2)
+    except KeyboardInterrupt:
+        stop.set()
+        for lane in lanes:
+            lane.kill()
+        with lock:
+            interrupted = list(in_flight.values())
+            in_flight.clear()
+        for spec in interrupted:
+            finish(failed(spec, "interrupted", "interrupted by the user (Ctrl-C)"), keep=False)
+        raise
     finally:
-        if worker is not None:
-            worker.close()
+        for lane in lanes:
+            lane.close()
     return results

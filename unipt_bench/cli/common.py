@@ -31,10 +31,13 @@ def resolve_mode(mode: str, trains: bool = False) -> tuple[str, str]:
     return "estimate", "estimate mode: no GPU found, so memory comes from fake tensors (exact bytes, no data, no downloads)"
 
 
-def run_with_progress(specs: list, store: Any, options: dict[str, Any] | None = None, snapshots: bool = False) -> list:
+def run_with_progress(specs: list, store: Any, options: dict[str, Any] | None = None, snapshots: bool = False,
+                      jobs: int = 1) -> list:
+    """Run specs (`jobs` at once) with a progress bar and one line per finished run."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ..launch import lane_env
     from ..runner import run_specs
 
     console = Console(highlight=False)
@@ -72,8 +75,9 @@ def run_with_progress(specs: list, store: Any, options: dict[str, Any] | None = 
                 console.print(f"  {name:<24} step {info['step']}: validation {scores}", markup=False, soft_wrap=True)
 
         try:
+            envs = lane_env(specs[0].mode, jobs) if specs else {}
             return run_specs(specs, store, on_start=on_start, on_result=on_result, options=options, snapshots=snapshots,
-                             on_progress=on_progress)
+                             on_progress=on_progress, jobs=jobs, lane_env=lambda k: envs.get(k, {}))
         except KeyboardInterrupt:
             progress.stop()
             click.echo("interrupted: finished runs are kept; run the same command to resume", err=True)

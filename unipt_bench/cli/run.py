@@ -30,11 +30,15 @@ from .common import resolve_mode, run_with_progress, summarize, tracker_list
               type=click.Path(file_okay=False), help="Where training suites find datasets (env UNIPT_BENCH_DATA).")
 @click.option("--trackers", default=None,
               help="Comma-separated trackers to run (default: the suite's list, else all; see `list trackers`).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Runs at once (default: every core in estimate mode, one per visible GPU in cuda mode, 1 in cpu mode).")
 def run(suite: str, mode: str, methods: str | None, out: str, force: bool, busy_threshold: str,
-        memory_snapshot: bool, calibrate: bool, nvml_interval: float, data_root: str, trackers: str | None) -> None:
+        memory_snapshot: bool, calibrate: bool, nvml_interval: float, data_root: str, trackers: str | None,
+        jobs: int | None) -> None:
     """Profile every run of a suite and store one JSON result per run."""
     from ..atomic import check_writable_dir
     from ..fit import parse_bytes
+    from ..launch import default_jobs
     from ..results import ResultStore
     from ..suite_file import load_suite, select_methods
 
@@ -58,7 +62,10 @@ def run(suite: str, mode: str, methods: str | None, out: str, force: bool, busy_
     click.echo(f"{loaded.name}: {len(specs)} runs in {why}")
     if len(todo) < len(specs):
         click.echo(f"  {len(specs) - len(todo)} already done (same spec); --force runs them again")
-    results = run_with_progress(todo, store, options, memory_snapshot)
+    jobs = jobs or default_jobs(mode)
+    if jobs > 1 and len(todo) > 1:
+        click.echo(f"  {min(jobs, len(todo))} runs at once (--jobs)")
+    results = run_with_progress(todo, store, options, memory_snapshot, jobs)
     summarize(loaded.name, results, out)
     if any(r.status == "error" for r in results):
         sys.exit(1)

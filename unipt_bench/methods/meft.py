@@ -153,8 +153,8 @@ class ReversibleEncoder(nn.Module):
 def bert_layers(backbone: Backbone) -> list[nn.Module] | None:
     """The post-norm BERT layers (attention -> intermediate -> output with its LayerNorm) of a transformers
     BERT-family encoder, or None when the backbone is not one."""
-    if not isinstance(backbone, HFEncoder) or not hasattr(getattr(backbone.model, "encoder", None), "layer"):
-        return None
+    if not isinstance(backbone, HFEncoder) or backbone.config.model_type not in ("bert", "roberta"):
+        return None  # the couplings call BERT's own layer parts with BERT's extended attention mask
     layers = backbone.blocks()
     parts = ("attention", "intermediate", "output")
     return layers if all(hasattr(layer, part) for layer in layers for part in parts) else None
@@ -184,9 +184,9 @@ class MEFT(Method):
         reason = super().refusal(backbone)
         if not reason and bert_layers(backbone) is None:
             reason = (f"meft's couplings are written for post-norm BERT layers (attention, then the feed-forward "
-                      f"block with its adapter before the output LayerNorm), as the official code releases them; "
-                      f"{type(backbone).__name__} has pre-norm {type(backbone.blocks()[0]).__name__} layers, "
-                      f"for which no coupling is written here")
+                      f"block with its adapter before the output LayerNorm), as the official code releases them "
+                      f"(BERT and RoBERTa layers only); {type(backbone).__name__}'s layers are "
+                      f"{type(backbone.blocks()[0]).__name__}, for which no coupling is written here")
         return reason
 
     def build(self, backbone: Backbone, out_dim: int) -> nn.Module:
