@@ -4,8 +4,9 @@
   peaks per phase + NVML sampler), steps interleaved; fails when the overhead exceeds its goal
   (overhead.GOAL_PERCENT, 1%). Needs a GPU, skipped otherwise. Run with -s to see the figure; it is
   also in the benchmark JSON's extra_info.
-- cpu: the trackers' own bookkeeping per training step (phase marks with an injected reader), and the
-  time to trace one paper-scale estimate.
+- cpu: the trackers' own bookkeeping per training step (phase marks with an injected reader), the
+  time to trace one paper-scale estimate, and, for one ResNeXt-101 and one BERT-base run, the tracked
+  time of an estimate's steps against the untracked fake-tensor time of the same steps (goal: <= 3x).
 """
 
 from __future__ import annotations
@@ -66,3 +67,15 @@ def test_estimate_trace_time(benchmark) -> None:
 
     spec = t5_bert("unipt", "estimate")
     benchmark.pedantic(lambda: profile(spec), rounds=2, iterations=1)
+
+
+@pytest.mark.parametrize("config, label", [("t5-resnext", "full"), ("t5-bert", "full")])
+def test_estimate_tracking_ratio(benchmark, config: str, label: str) -> None:
+    """Tracked over untracked fake-tensor time of one Table 5 run's profiled steps, interleaved in one process."""
+    from unipt_bench.overhead import measure_estimate_overhead
+
+    (spec,) = [s for s in load_suite("flickr30k").with_mode("estimate") if s.config == config and s.label == label]
+    result = benchmark.pedantic(lambda: measure_estimate_overhead(spec, rounds=2), rounds=1, iterations=1)
+    benchmark.extra_info.update(untracked_s=result.untracked, tracked_s=result.tracked, ratio=result.ratio)
+    print(f"\n{config}/{label} estimate: untracked {result.untracked_median:.2f} s, tracked "
+          f"{result.tracked_median:.2f} s per trace ({result.ratio:.2f}x)")

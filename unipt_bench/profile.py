@@ -35,6 +35,14 @@ MAX_MICRO_BATCHES = 2  # accumulation's steady-state peak already shows with two
 
 
 class NullTracker:
+    """A tracker that measures nothing: untracked steps run the same code."""
+
+    def __enter__(self) -> NullTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
     def mark(self, phase: str) -> None:
         pass
 
@@ -154,6 +162,12 @@ class Prepared:
         train_step(self.built.model, self.batch, self.optimizer, self.params, self.built.task.recipe.grad_clip,
                    tracker, micro_batches)
 
+    def trace(self, tracker: Any, steps: int, micro_batches: int = 1) -> None:
+        """What a profile tracks: `steps` training steps, then the evaluation forward of the same batch."""
+        for _ in range(steps):
+            self.step(tracker, micro_batches)
+        evaluation_pass(self.built.model, self.batch, tracker)
+
     def timed_step(self, tracker: Any) -> float:
         """Seconds of one training step, the device synchronised on both sides."""
         self.sync()
@@ -214,12 +228,9 @@ def profile(spec: RunSpec, options: RunOptions | None = None) -> dict[str, Any]:
         built_seconds = time.perf_counter() - started
         trackers = make_trackers(spec, run, options)
         traced = time.perf_counter()
-        micro = min(spec.accumulate, MAX_MICRO_BATCHES)
         with allocator_history(options.snapshot if spec.mode == "cuda" else None, options.snapshot_entries):
             with trackers:
-                for _ in range(spec.steps):
-                    run.step(trackers, micro)
-                evaluation_pass(built.model, run.batch, trackers)
+                run.trace(trackers, spec.steps, min(spec.accumulate, MAX_MICRO_BATCHES))
         timing: dict[str, Any] = {"build_seconds": built_seconds, "tracked_seconds": time.perf_counter() - traced}
         if spec.mode != "estimate":
             seconds = [run.timed_step(NullTracker()) for _ in range(TIMED_STEPS)]
