@@ -186,7 +186,8 @@ class MEFT(Method):
             reason = (f"meft's couplings are written for post-norm BERT layers (attention, then the feed-forward "
                       f"block with its adapter before the output LayerNorm), as the official code releases them "
                       f"(BERT and RoBERTa layers only); {type(backbone).__name__}'s layers are "
-                      f"{type(backbone.blocks()[0]).__name__}, for which no coupling is written here")
+                      f"{type(backbone.blocks()[0]).__name__} (pre-norm, or coupled otherwise), for which no "
+                      f"coupling is written here")
         return reason
 
     def build(self, backbone: Backbone, out_dim: int) -> nn.Module:
