@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 from torch import nn, optim
-from torch._guards import active_fake_mode
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType, _UpdateType, _WeakRefInfo
 from torch.distributed.tensor import DTensor
@@ -46,6 +45,7 @@ CATEGORY_OF = {
 
 
 DYNAMIC = (_MemRefType.ACT, _MemRefType.TEMP)
+FAKE_MODE = torch._C._TorchDispatchModeKey.FAKE
 OWNERS = ("backbone", "method", "head", "other")
 
 
@@ -143,11 +143,15 @@ class PhasedMemTracker(MemTracker):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         """Run the op, track its output storages and update the peaks, as MemTracker does (its extra
-        steps for DTensor sharding propagation and fake collectives concern no model here)."""
+        steps for DTensor sharding propagation and fake collectives concern no model here).
+
+        The active fake mode is read from its dispatch slot: at most one FakeTensorMode is active at a
+        time, so this is what MemTracker's scan of the mode stack (`active_fake_mode`) finds.
+        """
         if DTensor in types:
             return NotImplemented
         res = func(*args, **(kwargs or {}))
-        if active_fake_mode() is self._fake_mode_on_entry:
+        if torch._C._get_dispatch_mode(FAKE_MODE) is self._fake_mode_on_entry:
             if self._in_opt:
                 reftype = _MemRefType.OPT
             elif self._mod_tracker.is_bw and not self._in_ac:
