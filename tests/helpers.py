@@ -38,3 +38,19 @@ def saved_activation_count(tower: torch.nn.Module, backbone: torch.nn.Module, in
     post.remove()
     out.last.float().pow(2).mean().backward()
     return counts["backbone"], counts["all"]
+
+
+def assert_estimate_equals_cpu(spec) -> None:
+    """Profile `spec` (an estimate-mode RunSpec) on fake and on real CPU tensors: peak, every category, every
+    phase's peak and the parameter counts must agree byte for byte."""
+    from unipt_bench.config import RunSpec
+    from unipt_bench.profile import profile
+
+    estimate = profile(spec)
+    real = profile(RunSpec.from_dict({**spec.to_dict(), "mode": "cpu"}))
+    fake_mem, real_mem = estimate["memory"]["memtracker_fake"], real["memory"]["memtracker_real"]
+    assert fake_mem["peak_bytes"] == real_mem["peak_bytes"]
+    assert fake_mem["by_category"] == real_mem["by_category"]
+    assert ({p: v["peak_bytes"] for p, v in fake_mem["by_phase"].items()}
+            == {p: v["peak_bytes"] for p, v in real_mem["by_phase"].items()})
+    assert estimate["params"] == real["params"]

@@ -8,9 +8,8 @@ import torch
 from unipt_bench.backbones import create_backbone
 from unipt_bench.errors import NotApplicable
 from unipt_bench.methods import create_method
-from unipt_bench.profile import profile
 
-from .helpers import saved_activation_count, trainable
+from .helpers import assert_estimate_equals_cpu, saved_activation_count, trainable
 
 APPLIES = ["tiny-bert", "tiny-vit", "tiny-clip-text", "tiny-joint"]
 
@@ -60,8 +59,4 @@ def test_no_design_for_cnn_or_encoder_decoder(backbone: str) -> None:
 
 
 def test_profile_estimate_and_cpu_agree_byte_for_byte(spec_factory) -> None:
-    estimate = profile(spec_factory("e3va"))
-    real = profile(spec_factory("e3va", mode="cpu"))
-    assert estimate["memory"]["memtracker_fake"]["peak_bytes"] == real["memory"]["memtracker_real"]["peak_bytes"]
-    assert estimate["memory"]["memtracker_fake"]["by_category"] == real["memory"]["memtracker_real"]["by_category"]
-    assert estimate["params"] == real["params"]
+    assert_estimate_equals_cpu(spec_factory("e3va"))

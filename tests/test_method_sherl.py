@@ -9,10 +9,9 @@ import torch
 from unipt_bench.backbones import create_backbone
 from unipt_bench.errors import NotApplicable
 from unipt_bench.methods import create_method
-from unipt_bench.profile import profile
 
 from .conftest import make_spec
-from .helpers import saved_activation_count, trainable
+from .helpers import assert_estimate_equals_cpu, saved_activation_count, trainable
 
 E = 16
 TOKEN_BACKBONES = ["tiny-bert", "tiny-vit", "tiny-clip-text", "tiny-joint"]
@@ -93,11 +92,4 @@ def test_late_layers_option_is_checked() -> None:
 
 
 def test_estimate_and_cpu_profiles_agree_byte_for_byte() -> None:
-    estimate = profile(make_spec("sherl"))
-    real = profile(make_spec("sherl", mode="cpu"))
-    fake_mem, real_mem = estimate["memory"]["memtracker_fake"], real["memory"]["memtracker_real"]
-    assert fake_mem["peak_bytes"] == real_mem["peak_bytes"]
-    assert fake_mem["by_category"] == real_mem["by_category"]
-    assert {p: v["peak_bytes"] for p, v in fake_mem["by_phase"].items()} == \
-        {p: v["peak_bytes"] for p, v in real_mem["by_phase"].items()}
-    assert estimate["params"] == real["params"]
+    assert_estimate_equals_cpu(make_spec("sherl"))

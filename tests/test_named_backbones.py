@@ -17,6 +17,8 @@ from unipt_bench.methods import METHODS
 from unipt_bench.profile import profile
 from unipt_bench.suite_file import load_suite
 
+from .helpers import assert_estimate_equals_cpu
+
 TEXT_CONFIGS = {
     "distilbert": DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=4, vocab_size=128,
                                    max_position_embeddings=64),
@@ -44,15 +46,6 @@ def text_spec(backbone: str, method: str, mode: str, weights: str = "random") ->
                    batch=4, gpus=1, steps=1, seed=0, mode=mode)  # one step: estimate = cpu holds per step
 
 
-def peaks(spec: RunSpec) -> tuple[int, dict[str, int]]:
-    """(peak, per-phase peaks) in estimate mode and the same in cpu mode."""
-    out = {}
-    for mode, counter in (("estimate", "memtracker_fake"), ("cpu", "memtracker_real")):
-        memory = profile(RunSpec.from_dict({**spec.to_dict(), "mode": mode}))["memory"][counter]
-        out[mode] = (memory["peak_bytes"], {p: v["peak_bytes"] for p, v in memory["by_phase"].items()})
-    return out["estimate"], out["cpu"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS.names())
 @pytest.mark.parametrize("family", list(TEXT_CONFIGS))
@@ -62,8 +55,7 @@ def test_any_transformers_encoder_by_folder_profiles_alike_in_estimate_and_cpu(f
         with pytest.raises(NotApplicable, match=NOT_APPLICABLE[family, method]):
             profile(spec)
         return
-    estimate, cpu = peaks(spec)
-    assert estimate == cpu
+    assert_estimate_equals_cpu(spec)
 
 
 @pytest.mark.slow
@@ -73,8 +65,7 @@ def test_timm_models_by_name_profile_alike_in_estimate_and_cpu(name, method) -> 
     spec = text_spec("tiny-bert", method, "estimate")
     image = TowerSpec("image", f"timm:{name}", shape={"image_size": 32})
     spec = RunSpec.from_dict({**spec.to_dict(), "towers": [image.__dict__, {**spec.towers[0].__dict__, "tuned": False}]})
-    estimate, cpu = peaks(spec)
-    assert estimate == cpu
+    assert_estimate_equals_cpu(spec)
 
 
 def test_prefix_tuning_on_a_timm_vit_is_not_applicable_with_the_reason() -> None:
@@ -117,8 +108,7 @@ def test_weights_of_the_same_architecture_measure_alike_in_every_mode(tmp_path, 
     specs = load_suite(str(suite_with_weights(tmp_path, checkpoints["same"]))).with_mode("estimate")
     for spec in specs:
         assert spec.towers[0].architecture  # the digest covers the checkpoint's architecture
-        estimate, cpu = peaks(spec)
-        assert estimate == cpu
+        assert_estimate_equals_cpu(spec)
 
 
 def hf_suite(tmp_path: Path, folder: Path) -> Path:
