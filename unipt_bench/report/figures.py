@@ -28,9 +28,8 @@ def _pyplot() -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # text.parse_math off: titles and labels come from users' suites, and a "$" must stay a dollar sign
     plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
-                         "axes.spines.right": False, "text.parse_math": False})
+                         "axes.spines.right": False})
     return plt
 
 
@@ -101,6 +100,11 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def literal(text: str) -> str:
+    """User text (labels, titles from suites) as matplotlib shows it literally: "$" starts no math."""
+    return text.replace("$", r"\$")
+
+
 def tradeoff(labels: list[str], xs: list[float], ys: list[float], xlabel: str, ylabel: str, title: str,
              log_x: bool = False) -> str:
     """A scatter of methods with the Pareto front (lower x, higher y) drawn and marked."""
@@ -113,12 +117,12 @@ def tradeoff(labels: list[str], xs: list[float], ys: list[float], xlabel: str, y
     ax.scatter([xs[i] for i in front], [ys[i] for i in front], facecolors="none", edgecolors="#e15759", s=120,
                zorder=4)
     for label, x, y in zip(labels, xs, ys, strict=True):
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(literal(label), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     if log_x:
         ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, loc="left")
+    ax.set_xlabel(literal(xlabel))
+    ax.set_ylabel(literal(ylabel))
+    ax.set_title(literal(title), loc="left")
     ax.legend(loc="lower right", fontsize=8, frameon=False)
     return to_svg(fig)
 
@@ -128,9 +132,10 @@ def step_traces(traces: dict[str, list[dict[str, Any]]], title: str) -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     for label, trace in traces.items():
-        ax.plot(range(len(trace)), [t["max_memory_allocated"] / GIB for t in trace], marker="o", ms=3, label=label)
+        ax.plot(range(len(trace)), [t["max_memory_allocated"] / GIB for t in trace], marker="o", ms=3,
+                label=literal(label))
     ax.set_xlabel("phase index (forward, backward, optimizer per step)")
     ax.set_ylabel("max_memory_allocated, GiB")
-    ax.set_title(title, loc="left")
+    ax.set_title(literal(title), loc="left")
     ax.legend(fontsize=8, frameon=False)
     return to_svg(fig)
