@@ -374,11 +374,11 @@ def test_fit_probes_measured_runs_each_in_a_fresh_process(monkeypatch, tmp_path,
     made = []
 
     class CountingWorker:
-        def __init__(self) -> None:
+        def __init__(self, env=None) -> None:
             made.append(self)
             self.closed, self.runs = False, []
 
-        def run(self, spec, options=None):
+        def run(self, spec, options=None, on_progress=None):
             assert not self.closed and options == {"calibrate": False}
             self.runs.append(spec.batch)
             memory = {"counter": "c", "peak_bytes": 1000 + 100 * spec.batch}

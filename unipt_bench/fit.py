@@ -100,24 +100,17 @@ def fit_spec(spec: RunSpec, budget: int, run: Callable[[RunSpec], dict[str, Any]
 
 
 class Prober:
-    """Runs a fit's probes in worker processes. Estimate probes share one worker (fake tensors leave nothing
+    """Runs a fit's probes in one runner lane: estimate probes share a worker (fake tensors leave nothing
     behind); cpu and GPU probes each get a fresh process, so no allocator state carries over, even after
     an out-of-memory probe. No probe computes a calibration estimate: a probe needs its peak only."""
 
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-        self.worker: Any = None
+    def __init__(self) -> None:
+        from .runner import Lane
+
+        self.lane = Lane()
 
     def __call__(self, spec: RunSpec) -> dict[str, Any]:
-        from . import runner
-
-        if self.worker is not None and self.mode != "estimate":
-            self.close()
-        if self.worker is None:
-            self.worker = runner.Worker()
-        return self.worker.run(spec, {"calibrate": False})
+        return self.lane.run(spec, {"calibrate": False}, lambda info: None).__dict__
 
     def close(self) -> None:
-        if self.worker is not None:
-            self.worker.close()
-            self.worker = None
+        self.lane.close()

@@ -22,10 +22,15 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_jobs(mode: str) -> int:
     """Runs at once when --jobs is not given."""
     if mode == "estimate":
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return cores()
     if mode == "cuda":
         return max(1, len(visible_gpus()))
     return 1
@@ -33,7 +38,6 @@ def default_jobs(mode: str) -> int:
 
 def lane_env(mode: str, jobs: int) -> dict[int, dict[str, str]]:
     """Each lane's environment: in cuda mode with several lanes, its own GPU; threads split between lanes."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = {"OMP_NUM_THREADS": str(max(1, cores // jobs))} if jobs > 1 else {}
+    threads = {"OMP_NUM_THREADS": str(max(1, cores() // jobs))} if jobs > 1 else {}
     gpus = visible_gpus() if mode == "cuda" and jobs > 1 else []
     return {k: {**threads, **({"CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)]} if gpus else {})} for k in range(jobs)}

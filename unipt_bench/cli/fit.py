@@ -37,7 +37,7 @@ def fit(suite: str, budget: str, mode: str, methods: str | None, limit: int, out
     specs = select_methods(loaded.with_mode(mode), methods)
     check_writable_dir(Path(out) / "_fits", "--out")
     click.echo(f"{loaded.name}: largest batch per GPU under {human_bytes(budget_bytes)}, {why}")
-    probe = Prober(mode)
+    probe = Prober()
     try:
         for spec in specs:
             try:
