@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 from .configurable import Configurable, bounded
@@ -38,31 +38,44 @@ class TrainSpec(Configurable):
 
     name: ClassVar[str] = "train"
     kind_label: ClassVar[str] = "table"
-    dataset: str = ""  # easy-vqa, flickr30k, mscoco, vqav2, gqa
-    format: str = "karpathy"  # retrieval data: "karpathy" (JSON + images) or "precomp" (BUTD features)
+    dataset: str = ""  # easy-vqa, flickr30k, mscoco, vqav2, gqa, msrvtt, msvd, refcoco, refcoco+, refcocog
+    format: str = ""  # the dataset's layout, checked by its loader (retrieval: "karpathy" or "precomp"); "": its default
     path: str = ""  # dataset folder under the data root (default: the dataset's name)
-    steps: int = bounded(300, at_least=1)  # optimizer steps
+    steps: int = bounded(300, at_least=1)  # optimizer steps (unless `epochs` is set)
+    epochs: float = bounded(0.0, at_least=0)  # > 0: passes over the training split (steps = epochs x batches per epoch)
     eval_every: int = bounded(100, at_least=1)  # validate (and checkpoint) every this many steps
     eval_batch: int = bounded(256, at_least=1)
+    optimizer: str = "adamw"  # "adamw" or "adam" (Adam with L2 weight decay added to the gradient)
     lr: float = bounded(0.0, at_least=0)  # 0: the task recipe's learning rate
+    backbone_lr_scale: float = bounded(1.0, above=0)  # learning-rate factor of the pre-trained backbone's own weights
+    weight_decay: float = bounded(-1.0, at_least=-1)  # -1: the task recipe's
+    grad_clip: float = bounded(-1.0, at_least=-1)  # max gradient norm; 0: none; -1: the task recipe's
     warmup: float = bounded(0.05, at_least=0, at_most=1)  # fraction of the steps with a linear warm-up
     schedule: str = "cosine"  # "cosine", "step" (x0.1 at decay_at) or "constant"
     decay_at: float = bounded(0.6, at_least=0, at_most=1)  # step schedule: fraction of the steps where the rate drops
+    hardest_after: float = bounded(0.0, at_least=0)  # VSE: epochs with every negative before hardest negatives only
+    padding: str = "max_length"  # text: "max_length" (the tower's seq_len) or "longest" (the batch's longest, capped)
     amp: str = "none"  # "none", "bf16" or "fp16" (fp16 on a GPU)
     cache: str = "auto"  # hidden-state cache for side methods: "auto" (when inputs are deterministic), "off"
     val_size: int = bounded(1000, at_least=0)  # held out from train for model selection when the dataset has no val split
     max_train: int = bounded(0, at_least=0)  # use only this many training examples (0: all)
     max_eval: int = bounded(0, at_least=0)  # evaluate on at most this many examples (0: all)
     num_answers: int = bounded(0, at_least=0)  # VQA answer vocabulary size (0: every training answer)
+    select_on: str = ""  # validation metric that picks the best checkpoint ("": the task's, e.g. rsum, accuracy)
+    not_in_reference: list = field(default_factory=list)  # recipe keys the reference code does not give (reported)
 
     def __post_init__(self) -> None:
         choices = {"schedule": ("cosine", "step", "constant"), "amp": ("none", "bf16", "fp16"),
-                   "cache": ("auto", "off"), "format": ("karpathy", "precomp")}
+                   "cache": ("auto", "off"), "optimizer": ("adamw", "adam"), "padding": ("max_length", "longest")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"train.{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         if not self.dataset:
-            raise UserError("train needs a dataset (easy-vqa, flickr30k, mscoco, vqav2 or gqa)")
+            raise UserError("train needs a dataset (easy-vqa, flickr30k, mscoco, vqav2, gqa, msrvtt, msvd, "
+                            "refcoco, refcoco+ or refcocog)")
+        unknown = sorted(set(map(str, self.not_in_reference)) - {f.name for f in fields(self)})
+        if unknown:
+            raise UserError(f"train.not_in_reference names unknown keys: {', '.join(unknown)}")
 
 
 @dataclass
@@ -87,6 +100,9 @@ class RunSpec:
     train: dict[str, Any] | None = None  # a TrainSpec's fields: train on real data; None: profile only
     title: str = ""
     paper: str | None = None  # the paper table this configuration mirrors, e.g. "table5-bert"
+    # command-line changes to the suite's recipe (max_steps, batch, eval_every): part of the digest, so a
+    # shortened run never replaces, compares with or gates against a full one; omitted when empty
+    overrides: dict[str, Any] = field(default_factory=dict)
     order: int = 0  # position in the suite (display only; not part of the digest)
 
     @property
@@ -94,12 +110,14 @@ class RunSpec:
         return f"{self.config}/{self.label}/{self.mode}"
 
     def to_dict(self) -> dict[str, Any]:
-        """As stored in results: a tower's `architecture` only where it has one (registered, random-weight
-        towers are written, and digested, as before the field existed)."""
+        """As stored in results: a tower's `architecture` and the spec's `overrides` only where they are set
+        (registered, random-weight towers and full recipes are written, and digested, as before those fields)."""
         data = asdict(self)
         for tower in data["towers"]:
             if not tower["architecture"]:
                 del tower["architecture"]
+        if not data["overrides"]:
+            del data["overrides"]
         return data
 
     @classmethod

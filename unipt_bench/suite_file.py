@@ -198,7 +198,9 @@ class SuiteReader:
         train = None
         if "train" in config:
             try:
-                train = TrainSpec.from_options(self.table(config["train"], f"{what}: train")).options()
+                given = self.table(config["train"], f"{what}: train")
+                checked = TrainSpec.from_options(given).options()
+                train = {k: v for k, v in checked.items() if k in given}  # as written: new fields keep digests
             except UserError as exc:
                 raise self.fail(f"{what}: {exc}", getattr(exc, "key", "train")) from None
         gpus_default = self.typed(config, "gpus", int, what, 1)

@@ -77,6 +77,11 @@ class Task(Configurable):
         if self.tower_count is not None and count != self.tower_count:
             raise UserError(f"task {self.name!r} needs {self.tower_count} towers, found {count}")
 
+    def data_missing(self, spec: Any, data_root: Path) -> str:
+        """Why `spec`'s dataset (a TrainSpec) cannot be read under `data_root`, in one line naming the path
+        looked for ("" when its files are there). `--job auto` profiles instead of training when it says so."""
+        return f"task {self.name!r} cannot train on real data yet"
+
     def load_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> Any:
         """Real training data for `spec` (a TrainSpec), feeding towers by their modalities."""
         raise UserError(f"task {self.name!r} cannot train on real data yet; profile it instead")

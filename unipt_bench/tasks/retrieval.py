@@ -143,6 +143,11 @@ class Retrieval(Task):
     def build(self, towers: dict[str, Tower]) -> RetrievalModel:
         return RetrievalModel(towers, self)
 
+    def data_missing(self, spec: Any, data_root: Path) -> str:
+        from .retrieval_data import missing
+
+        return missing(spec, data_root)
+
     def load_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> Any:
         from .retrieval_data import RetrievalData
 

@@ -22,8 +22,30 @@ from .vqa_data import to_device
 KARPATHY_FILES = {"flickr30k": "dataset_flickr30k.json", "mscoco": "dataset_coco.json"}
 
 
+FORMATS = ("karpathy", "precomp")
+
+
+def data_format(spec: TrainSpec) -> str:
+    """The layout named by train.format ("" is Karpathy's JSON + images)."""
+    fmt = spec.format or "karpathy"
+    if fmt not in FORMATS:
+        raise UserError(f"train.format must be one of {', '.join(FORMATS)} for retrieval, got {fmt!r}")
+    return fmt
+
+
+def missing(spec: TrainSpec, data_root: Path) -> str:
+    """What the dataset lacks to train ("" when its index files are there): the one-line reason to profile instead."""
+    root = data_root / (spec.path or spec.dataset)
+    if data_format(spec) == "precomp":
+        needed = [root / "precomp" / "train_ims.npy", root / "precomp" / "train_caps.txt"]
+    else:
+        needed = [root / KARPATHY_FILES.get(spec.dataset, f"dataset_{spec.dataset}.json"), root / "images"]
+    absent = [str(p) for p in needed if not p.exists()]
+    return f"missing {', '.join(absent)}" if absent else ""
+
+
 def load_split(spec: TrainSpec, root: Path, split: str) -> ImageTextData:
-    if spec.format == "precomp":
+    if data_format(spec) == "precomp":
         folder = root / "precomp"
         if split == "val" and not (folder / "val_ims.npy").exists():
             split = "dev"

@@ -97,6 +97,11 @@ class VQA(Task):
     def build(self, towers: dict[str, Tower]) -> VQAModel:
         return VQAModel(towers, self)
 
+    def data_missing(self, spec: Any, data_root: Path) -> str:
+        from .vqa_data import missing
+
+        return missing(spec, data_root)
+
     def load_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> Any:
         from .vqa_data import VQAData
 

@@ -33,6 +33,25 @@ def hold_out(data: QAData, size: int, seed: int) -> tuple[QAData, QAData]:
     return subset(data, sorted(order[size:])), subset(data, sorted(order[:size]))
 
 
+def missing(spec: TrainSpec, data_root: Path) -> str:
+    """What the dataset lacks to train ("" when its question files are there)."""
+    root = data_root / (spec.path or spec.dataset)
+    if spec.dataset == "easy-vqa":
+        try:
+            import easy_vqa  # noqa: F401
+        except ImportError:
+            return "the easy-vqa package is not installed (pip install easy-vqa)"
+        return ""
+    if spec.dataset == "vqav2":
+        needed = [root / "v2_OpenEnded_mscoco_train2014_questions.json", root / "v2_mscoco_train2014_annotations.json"]
+    elif spec.dataset == "gqa":
+        needed = [root / "questions" / "train_balanced_questions.json"]
+    else:
+        return f"the vqa task reads easy-vqa, vqav2 or gqa, not {spec.dataset!r}"
+    absent = [str(p) for p in needed if not p.exists()]
+    return f"missing {', '.join(absent)}" if absent else ""
+
+
 def load_splits(spec: TrainSpec, data_root: Path, seed: int) -> dict[str, QAData]:
     root = data_root / (spec.path or spec.dataset)
     if spec.dataset == "easy-vqa":
