@@ -140,8 +140,10 @@ class Suite:
     specs: list[RunSpec]  # mode is filled in by `with_mode`
     trackers: list[str] | None = None  # the trackers to run (the primary one always runs); None: all
 
-    def with_mode(self, mode: str) -> list[RunSpec]:
-        return [RunSpec.from_dict({**s.to_dict(), "mode": mode}) for s in self.specs]
+    def with_mode(self, mode: str, train: bool = False) -> list[RunSpec]:
+        """The runs in `mode`; profiles (recipes dropped) unless `train`, where jobs.plan decides per run."""
+        return [RunSpec.from_dict({**s.to_dict(), "mode": mode, **({} if train else {"train": None})})
+                for s in self.specs]
 
 
 def name_problem(value: object) -> str:

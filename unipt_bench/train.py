@@ -1,6 +1,7 @@
 """Train one run on real data: AdamW over what trains, warm-up then cosine or step decay, gradient
 clipping, optional AMP, periodic validation keeping the best checkpoint, resume after interruption,
-and the memory trackers on the first steps. Seeded: on the CPU two runs give the same numbers.
+and the memory trackers on the steps that reach the run's peak (train_tracking.py). Seeded: on the CPU
+two runs give the same numbers. The recipe comes from the suite (train_recipe.py).
 
 The training step is the profiler's (`train_step`); this module adds data, schedule, evaluation and
 checkpoints around it.
@@ -13,7 +14,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,13 @@ from .config import RunSpec, TrainSpec
 from .data.inputs import TowerInputs
 from .errors import UserError
 from .memory.registry import TrackerContext, build_trackers
-from .memory.segments import merge_segments, with_segment
 from .methods.base import SideTuned
-from .profile import NullTracker, RunOptions, make_optimizer, protocol, synchronizer, train_step
+from .profile import RunOptions, protocol, synchronizer, train_step
 from .results import now, stamp
 from .tasks import TASKS
 from .tasks.vqa_data import to_device
-
-TRACKED_STEPS = 2  # steps traced by the tensor tracker on the CPU (it slows steps 8-10x)
+from .train_recipe import build_optimizer, grad_clip, hardest_from_step, recipe_protocol, resolve_budget
+from .train_tracking import StepTracking, peak_at
 
 
 def tower_modalities(spec: RunSpec) -> dict[str, str]:
@@ -149,16 +149,15 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
     train = TrainSpec.from_options(spec.train)
     task = TASKS.get(spec.task).from_options(spec.task_options)
     data = task.load_data(train, data_root, spec.seed, tower_modalities(spec))
+    train = resolve_budget(train, spec, data.size("train"))
+    hardest_from = hardest_from_step(train, spec, data.size("train"))
     built = build(RunSpec.from_dict({**spec.to_dict(), "task_options": {**spec.task_options, **data.task_options()}}))
     device = torch.device("cuda" if spec.mode == "cuda" else "cpu")
     built.model.to(device)
-    inputs = {t.name: TowerInputs(t, built.towers[t.name].backbone, weights_source(t.backbone, t.weights))
-              for t in spec.towers}
+    inputs = {t.name: TowerInputs(t, built.towers[t.name].backbone, weights_source(t.backbone, t.weights),
+                                  train.padding) for t in spec.towers}
     caches = attach_caches(built, train)
-    optimizer, params = make_optimizer(built)
-    if train.lr:
-        for group in optimizer.param_groups:
-            group["lr"] = train.lr
+    optimizer, params = build_optimizer(built, train)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(train))
     amp = train.amp != "none"
     if train.amp == "fp16" and spec.mode != "cuda":
@@ -166,12 +165,13 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
     scaler = torch.amp.GradScaler("cuda") if train.amp == "fp16" else None
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16 if train.amp == "bf16" else torch.float16)) \
         if amp else nullcontext
+    selection = train.select_on or data.selection
+    test_splits = tuple(getattr(data, "test_splits", ("test",)))
 
     context = TrackerContext(spec.mode, built.model, optimizer, [], module_owner(built.model), options.nvml_interval)
-    trackers = build_trackers(context, options.trackers)  # the same set as profiling: NVML too on a GPU
     last, best_path = checkpoints / "last.pt", checkpoints / "best.pt"
-    # earlier segments of this run (before a resume): their memory, timed steps, seconds and last loss
-    state: dict[str, Any] = {"step": 0, "best": None, "history": [], "resumed_from": None, "memory": None,
+    # earlier segments of this run (before a resume): their timed steps, seconds and last loss
+    state: dict[str, Any] = {"step": 0, "best": None, "history": [], "resumed_from": None,
                              "seconds": [], "train_seconds": 0.0, "final_loss": None}
     saved = load_checkpoint(checkpoints) if options.resume else None
     if saved is not None:
@@ -184,61 +184,55 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
             return train_run(spec, options, report)  # a fresh model, optimizer and schedule
         torch.set_rng_state(saved["rng"])
         state.update({k: saved[k] for k in ("step", "best", "history")}, resumed_from=saved["step"])
-        state.update({k: saved[k] for k in ("memory", "seconds", "train_seconds", "final_loss") if k in saved})
-    segment_start = state["step"]
-
-    def memory_so_far() -> dict[str, Any]:
-        """This run's memory over every segment: the earlier ones' and this process's up to now."""
-        return merge_segments(state["memory"], with_segment(trackers.results(), segment_start, state["step"]))
+        state.update({k: saved[k] for k in ("seconds", "train_seconds", "final_loss") if k in saved})
+    # the same trackers as profiling (NVML too on a GPU), over the steps StepTracking picks
+    tracking = StepTracking(spec.mode, lambda: build_trackers(context, options.trackers),
+                            saved.get("tracking") or {"memory": saved.get("memory")} if saved else None)
 
     def checkpoint() -> None:
         save_atomic({"model": trainable_state(built.model), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "step": state["step"],
-                     "best": state["best"], "history": state["history"], "memory": memory_so_far(),
+                     "best": state["best"], "history": state["history"], "tracking": tracking.state(state["step"]),
                      "seconds": [*state["seconds"], *seconds], "train_seconds": state["train_seconds"] + elapsed(),
                      "final_loss": losses[-1] if losses else state["final_loss"]}, last)
 
-    tracking = {"open": True}  # whether the trackers still run (cpu closes them after the first steps)
-
     def validate() -> None:
-        if tracking["open"]:
-            trackers.mark("evaluation")
+        tracking.tracker().mark("evaluation")
         built.model.eval()
         with autocast():
             metrics = data.evaluate(built.model, "val", inputs, train.eval_batch, device)
         built.model.train()
+        if selection not in metrics:
+            raise UserError(f"train.select_on {selection!r} is not a validation metric of this task "
+                            f"(it reports {', '.join(metrics)})")
         state["history"].append({"step": state["step"], **metrics})
-        score = metrics[data.selection]
+        score = metrics[selection]
         if state["best"] is None or score > state["best"]["score"]:
             state["best"] = {"step": state["step"], "score": score}
             save_atomic({"model": trainable_state(built.model)}, best_path)
-        report({"event": "eval", "step": state["step"], data.selection: score})
+        report({"event": "eval", "step": state["step"], selection: score})
 
-    # cuda: the allocator counters cost nothing, track every step; cpu: the tensor tracker slows steps
-    # 8-10x, so it sees this process's first steps only (their shapes are every step's shapes)
-    tracked_until = train.steps if spec.mode == "cuda" else state["step"] + TRACKED_STEPS
+    task_state = getattr(built.model, "task", None)
     built.model.train()
     seconds: list[float] = []
     losses: list[float] = []
-    grad_clip = built.task.recipe.grad_clip
+    clip = grad_clip(train, built)
     sync = synchronizer(spec.mode)
     started = time.perf_counter()
 
     def elapsed() -> float:
         return time.perf_counter() - started
-    with ExitStack() as stack:
-        stack.enter_context(trackers)
+    try:
         while state["step"] < train.steps:
             step = state["step"]
-            if step == tracked_until:
-                stack.close()
-                tracking["open"] = False
-            tracked = step < tracked_until
             rows = batch_rows(data.size("train"), spec.batch, step, spec.seed)
             batch = to_device(data.batch("train", rows, inputs), device)
+            tracked = tracking.before_step(step, batch)
+            if train.hardest_after > 0 and hasattr(task_state, "hardest_negatives"):
+                task_state.hardest_negatives = step >= hardest_from  # all negatives first (VSE warm-up)
             sync()
             begin = time.perf_counter()
-            loss = train_step(built.model, batch, optimizer, params, grad_clip, trackers if tracked else NullTracker(),
+            loss = train_step(built.model, batch, optimizer, params, clip, tracking.tracker(),
                               autocast=autocast, scaler=scaler)
             losses.append(float(loss))
             sync()
@@ -253,27 +247,38 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
                 checkpoint()
         train_seconds = state["train_seconds"] + elapsed()
         load_trainable(built.model, torch.load(best_path, weights_only=True)["model"])
-        if spec.mode == "cuda":  # the allocator's counters cost nothing: the test evaluation is tracked too
-            trackers.mark("evaluation")
+        if spec.mode == "cuda" and tracking.open:  # the allocator's counters cost nothing: test evaluation tracked too
+            tracking.tracker().mark("evaluation")
         else:  # the tensor tracker would slow the whole test set 8-10x
-            stack.close()
+            tracking.close(state["step"])
         built.model.eval()
         with autocast():
-            test = data.evaluate(built.model, "test", inputs, train.eval_batch, device)
-    memory = memory_so_far()
-    if state["resumed_from"] and state["memory"] is None:  # a checkpoint that kept no memory figures
-        for figures in memory.values():
+            tests = {split: data.evaluate(built.model, split, inputs, train.eval_batch, device) for split in test_splits}
+    finally:
+        tracking.close(state["step"])
+    memory = tracking.memory or {}
+    for figures in memory.values():
+        where = peak_at(figures, tracking.tracked_steps, tracking.shapes_at)
+        if where:
+            figures["peak_at"] = where
+    if state["resumed_from"] and saved is not None and not (saved.get("tracking") or saved.get("memory")):
+        for figures in memory.values():  # a checkpoint that kept no memory figures
             figures["note"] = f"covers the steps after the resume at step {state['resumed_from']} only"
     timed = [*state["seconds"], *seconds]
+    first = test_splits[0]
     return {
         "params": parameter_counts(built),
         "memory": memory,
         "timing": {"step_seconds": statistics.median(timed) if timed else None,
                    "train_seconds": train_seconds, "steps_timed": len(timed)},
-        "protocol": {**protocol(spec, built), "train": train.options(), "amp": None if not amp else train.amp},
-        "metrics": {"test": test, "best": state["best"], "history": state["history"], "baseline": data.baseline("test"),
-                    "selection": data.selection, "data": data.describe(), "final_loss": losses[-1] if losses else state["final_loss"],
-                    "resumed_from_step": state["resumed_from"],
+        "protocol": {**protocol(spec, built), **recipe_protocol(train, built), "train": train.options(),
+                     "amp": None if not amp else train.amp},
+        "metrics": {"test": tests[first], "splits": tests, "best": state["best"], "history": state["history"],
+                    "baseline": data.baseline(first), "selection": selection, "data": data.describe(),
+                    "final_loss": losses[-1] if losses else state["final_loss"],
+                    "resumed_from_step": state["resumed_from"], "tracked_steps": tracking.tracked_steps,
+                    "batch_shapes": tracking.shape_counts(),
+                    "tokenizer": {name: i.description for name, i in inputs.items() if i.modality == "text"},
                     "cache": {name: c.stats() for name, c in caches.items()},
                     "weights": {t.name: weights_source(t.backbone, t.weights) for t in spec.towers}},
     }

@@ -1,0 +1,104 @@
+"""Which job each run of a suite does (train on real data, or profile on the configured shapes), and the
+command line's changes to the recipe (overrides), recorded in the spec.
+
+`--job auto` trains a configuration with a recipe (a `train` table) when its dataset is under the data root
+and a GPU is visible; a configuration that mirrors no paper table (the quickstart) also trains on the CPU.
+Everything else is profiled, with one line per suite saying why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import RunSpec, TrainSpec
+from .errors import UserError
+
+JOBS = ("auto", "train", "profile")
+
+
+@dataclass
+class Overrides:
+    """Command-line changes for a quick try: they enter each spec's `overrides` (and so its digest)."""
+
+    max_steps: int | None = None  # training: stop after this many steps
+    batch: int | None = None  # per-device batch, training and profiling
+    eval_every: int | None = None  # training: validate every this many steps
+
+    def for_spec(self, trains: bool) -> dict[str, int]:
+        """The overrides that change this run: step budget and evaluation only matter when it trains."""
+        given = {"batch": self.batch}
+        if trains:
+            given |= {"max_steps": self.max_steps, "eval_every": self.eval_every}
+        return {k: v for k, v in given.items() if v is not None}
+
+
+@dataclass
+class Plan:
+    specs: list[RunSpec]
+    notes: list[str] = field(default_factory=list)  # one line per reason runs were profiled, not trained
+
+    @property
+    def trains(self) -> bool:
+        return any(s.train is not None for s in self.specs)
+
+
+def select_configs(specs: list[RunSpec], wanted: str | None, suite: str) -> list[RunSpec]:
+    """Keep the runs of the comma-separated configurations in `wanted` (all when None)."""
+    if wanted is None:
+        return specs
+    names = [w.strip() for w in wanted.split(",") if w.strip()]
+    if not names:
+        raise UserError(f"--configs {wanted!r} names no configuration; give names, comma-separated")
+    available = list(dict.fromkeys(s.config for s in specs))
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise UserError(f"--configs: {', '.join(unknown)} not in {suite} (it has: {', '.join(available)})")
+    return [s for s in specs if s.config in names]
+
+
+def data_missing(spec: RunSpec, data_root: Path) -> str:
+    """Why the spec's dataset cannot be read ("" when it can), as its task says."""
+    from .tasks import TASKS
+
+    train = TrainSpec.from_options(spec.train or {})
+    return TASKS.get(spec.task).from_options(spec.task_options).data_missing(train, data_root)
+
+
+def plan(specs: list[RunSpec], job: str, data_root: Path, gpu: bool, overrides: Overrides | None = None) -> Plan:
+    """Decide train or profile per spec (dropping the recipe of profiled ones) and apply the overrides.
+
+    job "train" refuses, in one line, configurations whose data are missing; configurations without a recipe are
+    profiled with a note (and if none of the selected ones has a recipe, it refuses).
+    """
+    if job not in JOBS:
+        raise UserError(f"--job must be one of {', '.join(JOBS)}, got {job!r}")
+    overrides = overrides or Overrides()
+    missing: dict[str, str] = {}  # config -> why its data cannot be read
+    notes: list[str] = []
+    out = []
+    for spec in specs:
+        trains = spec.train is not None and job != "profile"
+        if trains and spec.config not in missing:
+            missing[spec.config] = data_missing(spec, data_root)
+        if trains and missing[spec.config]:
+            if job == "train":
+                raise UserError(f"{spec.suite}/{spec.config}: cannot train: {missing[spec.config]} "
+                                f"(--data-root {data_root}); --job profile profiles it instead")
+            trains = False
+            notes.append(f"{spec.config}: dataset {spec.train['dataset']} not found ({missing[spec.config]}): profiled")
+        elif trains and job == "auto" and not gpu and spec.paper is not None:
+            trains = False
+            notes.append(f"{spec.config}: no GPU, so profiled; --job train trains it on the CPU")
+        if job == "train" and spec.train is None:
+            notes.append(f"{spec.config}: no train table (recipe) in the suite: profiled")
+        data = spec.to_dict()
+        data["train"] = spec.train if trains else None
+        changes = overrides.for_spec(trains)
+        if "batch" in changes:
+            data["batch"] = changes["batch"]
+        data["overrides"] = changes
+        out.append(RunSpec.from_dict(data))
+    if job == "train" and not any(s.train is not None for s in out):
+        raise UserError("--job train: none of the selected configurations has a train table (a recipe) to train with")
+    return Plan(out, list(dict.fromkeys(notes)))
