@@ -16,6 +16,7 @@ from ..backbones.base import Backbone
 from ..config import TowerSpec
 from ..errors import UserError
 from .images import load_image, normalise
+from .joint_inputs import JointInputs
 from .text import tokenizer_for
 
 
@@ -53,6 +54,8 @@ class TowerInputs:
             self.length = shape["seq_len"]
         elif self.modality == "image":
             self.images = ImageTable(shape["image_size"])
+        elif self.modality == "text+grid":  # CLIP-ViL: (question, grid features) values, see data/joint_inputs.py
+            self.joint = JointInputs(backbone, weights, shape)
         elif self.modality != "features":
             raise UserError(f"training a {self.modality} tower ({spec.backbone}) on real data is not supported yet")
 
@@ -63,5 +66,7 @@ class TowerInputs:
         if self.modality == "image":
             raw = torch.stack([self.images(v) for v in values])  # uint8 [B, 3, S, S]
             return {"pixel_values": normalise(raw), "cache_keys": row_keys(raw)}
+        if self.modality == "text+grid":
+            return self.joint(values)
         features = torch.from_numpy(np.stack([np.asarray(v, dtype=np.float32) for v in values]))  # [B, R, D]
         return {"features": features, "cache_keys": row_keys(features)}

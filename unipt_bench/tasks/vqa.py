@@ -4,7 +4,9 @@ One joint tower (CLIP-ViL): its first token ([CLS]) feeds LXMERT's answer head, 
 -> LayerNorm -> Linear(2D, answers). Two towers (a question encoder and an image encoder): each is
 pooled and projected to the hidden width, and their product feeds the same head (late fusion).
 Loss: binary cross-entropy against soft scores (min(#annotators who gave the answer / 3, 1)), times
-the number of answers, as LXMERT and CLIP-ViL do.
+the number of answers, as LXMERT does, or times a fixed `loss_scale` (CLIP-ViL's scripts pass 500).
+The joint tower's grid features come from a frozen extractor (data/grid_features.py), set by the task
+options below; docs/recipes/vqa.md has the recipes, the features format and the accuracy equations.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class VQAModel(TaskModel):
         super().__init__()
         self.towers = nn.ModuleDict({name: t.module for name, t in towers.items()})
         self.tuned = tuple(name for name, t in towers.items() if t.tuned)
+        self.loss_scale = task.loss_scale
         if len(towers) == 1:  # a joint transformer: its [CLS] token answers
             (name, tower), = towers.items()
             self.heads = nn.ModuleDict({"answer": AnswerHead(tower.width, task.num_answers)})
@@ -74,7 +77,8 @@ class VQAModel(TaskModel):
     def forward(self, batch: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
         logits = self.logits(batch)
         scores = batch["targets"]["scores"]  # [B, answers], soft scores in [0, 1]
-        return F.binary_cross_entropy_with_logits(logits, scores) * logits.shape[1]
+        # mean BCE x answers (LXMERT, CLIP-ViL src/tasks/vqa.py:297), or x loss_scale (src/tasks/vqa.py:294-295)
+        return F.binary_cross_entropy_with_logits(logits, scores) * (self.loss_scale or logits.shape[1])
 
 
 @register_task("vqa")
@@ -85,6 +89,17 @@ class VQA(Task):
     recipe = Recipe(lr=5e-4, weight_decay=0.01, grad_clip=1.0)  # CLIP-ViL VQA: AdamW, warm-up 5%, clip 1.0
     num_answers: int = bounded(3129, at_least=1)  # VQAv2 answers seen at least 9 times (LXMERT's vocabulary)
     hidden_dim: int = bounded(768, at_least=1)  # width side methods project to (the joint transformer's), and the fusion width
+    loss_scale: float = bounded(0.0, at_least=0)  # the loss is mean BCE x this; 0: x the number of answers
+    # answers that are the label (VQAv2: multiple_choice_answer) of at least this many training questions
+    min_answer_count: int = bounded(9, at_least=1)  # 9: bottom-up-attention-vqa tools/compute_softscore.py:241
+    # a joint tower's grid features (data/grid_features.py): a features folder you have (absolute, or under the
+    # dataset's folder), else extracted once by `extractor` and cached under <dataset>/grid_features/
+    features: str = ""
+    extractor: str = "resnet50x4_clip"  # timm name; CLIP-ViL: CLIP RN50x4 (scripts/train_side_vqa.sh:40)
+    extractor_weights: str = "random"  # a checkpoint file timm loads; "random": untrained (results say so)
+    extractor_stage: int = -1  # which feature map (timm feature_info index); -1: the last (clip/model.py:212-214)
+    image_min: int = bounded(384, at_least=1)  # shorter image side (CLIP-ViL src/param.py:184)
+    image_max: int = bounded(640, at_least=1)  # longer side cap and padded canvas (CLIP-ViL src/param.py:185)
 
     def check_towers(self, count: int) -> None:
         if count not in (1, 2):
@@ -100,12 +115,12 @@ class VQA(Task):
     def data_missing(self, spec: Any, data_root: Path) -> str:
         from .vqa_data import missing
 
-        return missing(spec, data_root)
+        return missing(spec, data_root, self)
 
     def load_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> Any:
         from .vqa_data import VQAData
 
-        return VQAData(spec, data_root, seed, modalities)
+        return VQAData(spec, data_root, seed, modalities, self)
 
     def example_targets(self, batch: int) -> dict[str, torch.Tensor]:
         return {"scores": torch.rand(batch, self.num_answers)}
@@ -118,3 +133,4 @@ class GQA(VQA):
 
     recipe = Recipe(lr=1e-4, weight_decay=0.01, grad_clip=1.0)
     num_answers: int = 1842  # LXMERT's GQA answer vocabulary
+    min_answer_count: int = 1  # every training answer (LXMERT ships GQA's vocabulary without the script)

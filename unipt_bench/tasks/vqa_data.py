@@ -1,9 +1,14 @@
 """VQA training data: splits, answer vocabulary, soft-score targets, batches and accuracy.
 
-Towers are fed by modality: a text tower gets the question, an image tower the image. Splits:
+Towers are fed by modality: a text tower gets the question, an image tower the image, a joint
+("text+grid") tower the question with its image's grid features (data/grid_features.py). Splits:
 easy-vqa has train and test, so the model is selected on `val_size` questions held out from train;
 VQAv2's public val split is the test set (test annotations are not public), with held-out train
 questions for selection; GQA uses val for selection and testdev for the test.
+
+Answer vocabulary: the answers that are the normalised label (VQAv2: multiple_choice_answer) of at least
+`min_answer_count` training questions (data/vqa.py `counted_vocabulary`). Accuracy: VQAv2's soft score
+min(#annotators who gave the answer / 3, 1); GQA and easy-vqa: exact match (docs/recipes/vqa.md).
 """
 
 from __future__ import annotations
@@ -15,14 +20,18 @@ from typing import Any
 import torch
 
 from ..config import TrainSpec
-from ..data.vqa import QAData, answer_vocabulary, load_easy_vqa, load_gqa, load_vqav2
+from ..data.grid_features import Extractor, GridStore
+from ..data.joint_inputs import JointValue
+from ..data.vqa import QAData, counted_vocabulary, load_easy_vqa, load_gqa, load_vqav2
 from ..errors import UserError
 from .metrics import exact_match, normalize_answer, vqa_accuracy
+
+SOFT = {"vqav2": True, "gqa": False, "easy-vqa": False}  # VQAv2's soft accuracy, or exact match
 
 
 def subset(data: QAData, rows: list[int]) -> QAData:
     return QAData([data.questions[i] for i in rows], [data.image_paths[i] for i in rows],
-                  [data.answers[i] for i in rows])
+                  [data.answers[i] for i in rows], [data.labels[i] for i in rows] if data.labels else [])
 
 
 def hold_out(data: QAData, size: int, seed: int) -> tuple[QAData, QAData]:
@@ -33,8 +42,9 @@ def hold_out(data: QAData, size: int, seed: int) -> tuple[QAData, QAData]:
     return subset(data, sorted(order[size:])), subset(data, sorted(order[:size]))
 
 
-def missing(spec: TrainSpec, data_root: Path) -> str:
-    """What the dataset lacks to train ("" when its question files are there)."""
+def missing(spec: TrainSpec, data_root: Path, task: Any = None) -> str:
+    """What the dataset lacks to train ("" when its question files, and its images or the features folder
+    named by the task's `features` option, are there)."""
     root = data_root / (spec.path or spec.dataset)
     if spec.dataset == "easy-vqa":
         try:
@@ -43,11 +53,13 @@ def missing(spec: TrainSpec, data_root: Path) -> str:
             return "the easy-vqa package is not installed (pip install easy-vqa)"
         return ""
     if spec.dataset == "vqav2":
-        needed = [root / "v2_OpenEnded_mscoco_train2014_questions.json", root / "v2_mscoco_train2014_annotations.json"]
+        needed = [root / f"v2_OpenEnded_mscoco_{s}2014_questions.json" for s in ("train", "val")]
+        needed += [root / f"v2_mscoco_{s}2014_annotations.json" for s in ("train", "val")]
     elif spec.dataset == "gqa":
-        needed = [root / "questions" / "train_balanced_questions.json"]
+        needed = [root / "questions" / f"{s}_balanced_questions.json" for s in ("train", "val", "testdev")]
     else:
         return f"the vqa task reads easy-vqa, vqav2 or gqa, not {spec.dataset!r}"
+    needed.append(features_folder(root, task.features) if getattr(task, "features", "") else root / "images")
     absent = [str(p) for p in needed if not p.exists()]
     return f"missing {', '.join(absent)}" if absent else ""
 
@@ -75,10 +87,33 @@ def soft_targets(answers: list[str], vocab: dict[str, int]) -> torch.Tensor:
     return target
 
 
+def features_folder(root: Path, features: str) -> Path:
+    """A user's features folder: absolute, or under the dataset's folder."""
+    path = Path(features).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def grid_store(data: dict[str, QAData], root: Path, task: Any) -> tuple[GridStore, dict[str, Any]]:
+    """The grid features of every image the splits use, and how they were made (for the results)."""
+    paths = sorted({p for split in data.values() for p in split.image_paths})
+    if task.features:
+        folder = features_folder(root, task.features)
+        if not folder.is_dir():
+            raise UserError(f"missing {folder} (task option features: a grid features folder, docs/recipes/vqa.md)")
+        return GridStore(paths, folder, None), {"folder": str(folder), "extractor": "features given by the user"}
+    extractor = Extractor(task.extractor, task.extractor_weights, task.extractor_stage, task.image_min, task.image_max)
+    folder = root / "grid_features" / extractor.tag()
+    weights = ("random: an untrained extractor, not CLIP's weights" if extractor.weights == "random"
+               else f"checkpoint {extractor.weights}")
+    return GridStore(paths, folder, extractor), {"folder": str(folder), "extractor": extractor.describe(),
+                                                 "extractor_weights": weights}
+
+
 class VQAData:
     selection = "accuracy"
 
-    def __init__(self, spec: TrainSpec, data_root: Path, seed: int, modalities: dict[str, str]) -> None:
+    def __init__(self, spec: TrainSpec, data_root: Path, seed: int, modalities: dict[str, str], task: Any = None) -> None:
+        root = data_root / (spec.path or spec.dataset)
         self.splits = load_splits(spec, data_root, seed)
         if spec.max_train:
             self.splits["train"] = subset(self.splits["train"], list(range(min(spec.max_train, len(self.splits["train"].questions)))))
@@ -87,15 +122,21 @@ class VQAData:
                 data = self.splits[name]
                 self.splits[name] = subset(data, list(range(min(spec.max_eval, len(data.questions)))))
         train = self.splits["train"]
-        normalised = QAData(train.questions, train.image_paths, [[normalize_answer(a) for a in x] for x in train.answers])
-        self.answers = answer_vocabulary(normalised, spec.num_answers or None)
+        min_count = task.min_answer_count if task is not None else 1
+        self.answers = counted_vocabulary([normalize_answer(a) for a in train.labels], min_count, spec.num_answers or None)
+        if not self.answers:
+            raise UserError(f"{spec.dataset}: no answer is the label of {min_count} or more of the {len(train.labels)} "
+                            "training questions; expected a larger training split or a lower task option min_answer_count")
         self.vocab = {a: i for i, a in enumerate(self.answers)}
-        self.soft = any(len(a) >= 3 for a in train.answers[:100])  # VQAv2-style: several annotators
+        self.soft = SOFT.get(spec.dataset, False)
         self.fields = {}
         for name, modality in modalities.items():
-            if modality not in ("text", "image"):
-                raise UserError(f"vqa training feeds text and image towers; tower {name!r} is {modality}")
-            self.fields[name] = "questions" if modality == "text" else "image_paths"
+            if modality not in ("text", "image", "text+grid"):
+                raise UserError(f"vqa training feeds text, image and joint (text+grid) towers; tower {name!r} is {modality}")
+            self.fields[name] = {"text": "questions", "image": "image_paths", "text+grid": "joint"}[modality]
+        self.grids, self.features = None, None
+        if "joint" in self.fields.values():
+            self.grids, self.features = grid_store(self.splits, root, task if task is not None else default_task())
 
     def size(self, split: str) -> int:
         return len(self.splits[split].questions)
@@ -104,9 +145,16 @@ class VQAData:
         """The answer head's size comes from the data's answer vocabulary."""
         return {"num_answers": len(self.answers)}
 
+    def values(self, data: QAData, field: str, rows: list[int]) -> list[Any]:
+        """One tower's raw inputs for `rows`: questions, image paths, or (question, grid features) pairs."""
+        if field != "joint":
+            return [getattr(data, field)[i] for i in rows]
+        return [JointValue(data.questions[i], self.grids.row(data.image_paths[i]), self.grids.source(data.image_paths[i]))
+                for i in rows]
+
     def batch(self, split: str, rows: list[int], inputs: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
         data = self.splits[split]
-        batch = {name: inputs[name]([getattr(data, f)[i] for i in rows]) for name, f in self.fields.items()}
+        batch = {name: inputs[name](self.values(data, f, rows)) for name, f in self.fields.items()}
         batch["targets"] = {"scores": torch.stack([soft_targets(data.answers[i], self.vocab) for i in rows])}
         return batch
 
@@ -130,8 +178,15 @@ class VQAData:
         return {"accuracy": self.accuracy([self.answers[0]] * self.size(split), split), "answer": self.answers[0]}
 
     def describe(self) -> dict[str, Any]:
-        return {"splits": {k: self.size(k) for k in self.splits}, "answers": len(self.answers),
-                "metric": "VQA accuracy (soft scores)" if self.soft else "exact match"}
+        described = {"splits": {k: self.size(k) for k in self.splits}, "answers": len(self.answers),
+                     "metric": "VQA accuracy (soft scores)" if self.soft else "exact match"}
+        return described | ({"grid_features": self.features} if self.features else {})
+
+
+def default_task() -> Any:
+    from .vqa import VQA
+
+    return VQA()
 
 
 def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
