@@ -45,7 +45,7 @@ def test_auto_trains_a_paper_suite_only_on_a_gpu(data_root) -> None:
     assert all(s.train == RECIPE for s in plan(specs(), "auto", data_root, gpu=True).specs)
     on_cpu = plan(specs(), "auto", data_root, gpu=False)
     assert all(s.train is None for s in on_cpu.specs)
-    assert on_cpu.notes == ["t5-bert: no GPU, so profiled; --job train trains it on the CPU"]
+    assert on_cpu.notes == ["t5-bert: no GPU, so profiled; --job train trains on the CPU"]
     assert all(s.train == RECIPE for s in plan(specs(), "train", data_root, gpu=False).specs)
     assert all(s.train == RECIPE for s in plan(specs(paper=None), "auto", data_root, gpu=False).specs)
 

@@ -36,7 +36,7 @@ class Overrides:
 @dataclass
 class Plan:
     specs: list[RunSpec]
-    notes: list[str] = field(default_factory=list)  # one line per reason runs were profiled, not trained
+    notes: list[str] = field(default_factory=list)  # one line per reason runs were profiled, naming their configs
 
     @property
     def trains(self) -> bool:
@@ -75,7 +75,7 @@ def plan(specs: list[RunSpec], job: str, data_root: Path, gpu: bool, overrides: 
         raise UserError(f"--job must be one of {', '.join(JOBS)}, got {job!r}")
     overrides = overrides or Overrides()
     missing: dict[str, str] = {}  # config -> why its data cannot be read
-    notes: list[str] = []
+    reasons: dict[str, list[str]] = {}  # why runs were profiled -> the configurations it concerns
     out = []
     for spec in specs:
         trains = spec.train is not None and job != "profile"
@@ -86,12 +86,13 @@ def plan(specs: list[RunSpec], job: str, data_root: Path, gpu: bool, overrides: 
                 raise UserError(f"{spec.suite}/{spec.config}: cannot train: {missing[spec.config]} "
                                 f"(--data-root {data_root}); --job profile profiles it instead")
             trains = False
-            notes.append(f"{spec.config}: dataset {spec.train['dataset']} not found ({missing[spec.config]}): profiled")
+            reasons.setdefault(f"dataset {spec.train['dataset']} not found ({missing[spec.config]}): profiled",
+                               []).append(spec.config)
         elif trains and job == "auto" and not gpu and spec.paper is not None:
             trains = False
-            notes.append(f"{spec.config}: no GPU, so profiled; --job train trains it on the CPU")
+            reasons.setdefault("no GPU, so profiled; --job train trains on the CPU", []).append(spec.config)
         if job == "train" and spec.train is None:
-            notes.append(f"{spec.config}: no train table (recipe) in the suite: profiled")
+            reasons.setdefault("no train table (recipe) in the suite: profiled", []).append(spec.config)
         data = spec.to_dict()
         data["train"] = spec.train if trains else None
         changes = overrides.for_spec(trains)
@@ -101,4 +102,4 @@ def plan(specs: list[RunSpec], job: str, data_root: Path, gpu: bool, overrides: 
         out.append(RunSpec.from_dict(data))
     if job == "train" and not any(s.train is not None for s in out):
         raise UserError("--job train: none of the selected configurations has a train table (a recipe) to train with")
-    return Plan(out, list(dict.fromkeys(notes)))
+    return Plan(out, [f"{', '.join(dict.fromkeys(configs))}: {reason}" for reason, configs in reasons.items()])
