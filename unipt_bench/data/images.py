@@ -23,6 +23,6 @@ def load_image(path: Path | str, size: int) -> torch.Tensor:
     return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1).clone()
 
 
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> float [B, 3, H, W] with ImageNet mean and std."""
-    return (images.float() / 255.0 - MEAN) / STD
+def normalise(images: torch.Tensor, mean: torch.Tensor = MEAN, std: torch.Tensor = STD) -> torch.Tensor:
+    """uint8 [..., 3, H, W] -> float [..., 3, H, W] with ImageNet mean and std (or the given [3, 1, 1] ones)."""
+    return (images.float() / 255.0 - mean) / std

@@ -18,6 +18,7 @@ from ..errors import UserError
 from .images import load_image, normalise
 from .joint_inputs import JointInputs
 from .text import tokenizer_for
+from .video import CLIP_MEAN, CLIP_STD, VideoFrames
 
 
 def row_keys(tensor: torch.Tensor) -> torch.Tensor:
@@ -43,7 +44,7 @@ class ImageTable:
 
 
 class TowerInputs:
-    """Encodes a list of raw values for one tower: str (text), Path (image file) or an array (regions)."""
+    """Encodes a list of raw values for one tower: str (text), Path (image file), VideoClip or an array (regions)."""
 
     def __init__(self, spec: TowerSpec, backbone: Backbone, weights: str) -> None:
         shape = {**backbone.shape_defaults, **spec.shape}
@@ -54,6 +55,8 @@ class TowerInputs:
             self.length = shape["seq_len"]
         elif self.modality == "image":
             self.images = ImageTable(shape["image_size"])
+        elif self.modality == "video":  # values are VideoClips
+            self.video = VideoFrames(shape["frames"], shape["image_size"])
         elif self.modality == "text+grid":  # CLIP-ViL: (question, grid features) values, see data/joint_inputs.py
             self.joint = JointInputs(backbone, weights, shape)
         elif self.modality != "features":
@@ -66,6 +69,9 @@ class TowerInputs:
         if self.modality == "image":
             raw = torch.stack([self.images(v) for v in values])  # uint8 [B, 3, S, S]
             return {"pixel_values": normalise(raw), "cache_keys": row_keys(raw)}
+        if self.modality == "video":
+            raw = self.video.batch(values)  # uint8 [B, F, 3, S, S]
+            return {"pixel_values": normalise(raw, CLIP_MEAN, CLIP_STD), "cache_keys": row_keys(raw)}
         if self.modality == "text+grid":
             return self.joint(values)
         features = torch.from_numpy(np.stack([np.asarray(v, dtype=np.float32) for v in values]))  # [B, R, D]

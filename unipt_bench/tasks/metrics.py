@@ -1,4 +1,5 @@
-"""Evaluation metrics: retrieval recall (R@1/5/10 both directions, Rsum, MSCOCO 5-fold 1K), VQA accuracy.
+"""Evaluation metrics: retrieval recall (R@1/5/10 both directions, Rsum, MSCOCO 5-fold 1K), video retrieval's
+median and mean rank, VQA accuracy.
 
 Ties count against the model: a candidate scoring exactly as high as the correct one ranks above it,
 so a model that scores everything equally gets no credit.
@@ -39,6 +40,36 @@ def retrieval_metrics(similarity: torch.Tensor, caption_image: torch.Tensor) -> 
     t2i = recall(ranks_of_best_match(similarity.t(), matches.t()))
     out = {f"i2t_{k}": v for k, v in i2t.items()} | {f"t2i_{k}": v for k, v in t2i.items()}
     out["rsum"] = sum(i2t.values()) + sum(t2i.values())
+    return out
+
+
+def rank_summary(ranks: torch.Tensor) -> dict[str, float]:
+    """Median and mean of the 1-based ranks (MdR, MnR; lower is better). An even count's median is the mean of
+    the two middle ranks (NumPy's, as CLIP4Clip/metrics.py:20 computes it)."""
+    ones = ranks.double() + 1
+    return {"mdr": ones.quantile(0.5).item(), "mnr": ones.mean().item()}
+
+
+def video_retrieval_metrics(similarity: torch.Tensor, caption_video: torch.Tensor) -> dict[str, float]:
+    """similarity [T, V] between T captions and V videos; caption_video [T] is each caption's video index.
+
+    t2v: each caption ranks the videos (its own is the one match). v2t: each video ranks the videos' caption
+    groups, a group scoring as its best caption (CLIP4Clip's multi-caption protocol, CLIP4Clip/metrics.py:63-70;
+    with one caption per video it is plain caption ranking). Per direction: R@1/5/10 (in %), MdR and MnR;
+    Rsum is the six recalls' total. Ties count against the model.
+    """
+    t, v = similarity.shape
+    videos = torch.arange(v, device=similarity.device)
+    matches = caption_video[:, None] == videos[None, :]  # [T, V]
+    t2v = ranks_of_best_match(similarity, matches)  # [T]
+    group_index = caption_video[None, :].expand(v, t)  # [V, T]
+    groups = torch.full((v, v), float("-inf"), dtype=similarity.dtype, device=similarity.device)
+    groups = groups.scatter_reduce(1, group_index, similarity.t(), reduce="amax")  # [V videos, V caption groups]
+    v2t = ranks_of_best_match(groups, torch.eye(v, dtype=torch.bool, device=similarity.device))  # [V]
+    out: dict[str, float] = {}
+    for name, ranks in (("t2v", t2v), ("v2t", v2t)):
+        out |= {f"{name}_{k}": x for k, x in (recall(ranks) | rank_summary(ranks)).items()}
+    out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("t2v", "v2t") for k in KS)
     return out
 
 
