@@ -19,7 +19,9 @@ from .common import warn_skipped
 def leaderboard(results_dir: str, out_dir: str) -> None:
     """Render an index page across every suite in the store, linking each suite's report (also rendered)."""
     from ..atomic import check_writable_dir, write_atomic
+    from ..report.leaderboard import leaderboard_rows
     from ..report.render import render_leaderboard, render_report, suite_description
+    from ..report.runs import current_results
     from ..results import ResultStore
 
     check_writable_dir(out_dir, "--out-dir")
@@ -29,11 +31,11 @@ def leaderboard(results_dir: str, out_dir: str) -> None:
         raise UserError(f"no results in {results_dir}; run a suite first: unipt-bench run --suite quickstart")
     rows = []
     for name in suites:
-        found = sorted(store.latest(name).values(), key=lambda r: r.display_order)
+        found = sorted(current_results(store, name), key=lambda r: r.display_order)
         if not found:
             continue
         write_atomic(Path(out_dir) / f"{name}.html", render_report(name, found, results_dir, suite_description(found)))
-        rows += [r.row() for r in found]
+        rows += leaderboard_rows(found)
     warn_skipped(store)
     write_atomic(Path(out_dir) / "index.html", render_leaderboard(rows, suites, results_dir))
     click.echo(f"wrote {out_dir}/index.html and {len(suites)} suite reports")

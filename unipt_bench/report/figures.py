@@ -12,7 +12,7 @@ import html
 import io
 import math
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 GIB = 2**30
 CATEGORY_COLORS = {
@@ -105,13 +105,29 @@ def literal(text: str) -> str:
     return text.replace("$", r"\$")
 
 
+class Series(NamedTuple):
+    """A second set of points on a trade-off figure (e.g. the paper's values), named in the legend."""
+
+    name: str
+    labels: list[str]
+    xs: list[float]
+    ys: list[float]
+
+
 def tradeoff(labels: list[str], xs: list[float], ys: list[float], xlabel: str, ylabel: str, title: str,
-             log_x: bool = False) -> str:
-    """A scatter of methods with the Pareto front (lower x, higher y) drawn and marked."""
+             log_x: bool = False, second: Series | None = None) -> str:
+    """A scatter of methods with the Pareto front (lower x, higher y) drawn and marked; `second`, when given,
+    is drawn beside them in its own colour and named in the legend (the first series is then "measured")."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     front = pareto_front(list(zip(xs, ys, strict=True)))
-    ax.scatter(xs, ys, color="#4e79a7", zorder=3)
+    ax.scatter(xs, ys, color="#4e79a7", zorder=3, label="measured" if second else None)
+    if second:
+        ax.scatter(second.xs, second.ys, marker="s", facecolors="none", edgecolors="#b07aa1", zorder=3,
+                   label=literal(second.name))
+        for label, x, y in zip(second.labels, second.xs, second.ys, strict=True):
+            ax.annotate(literal(label), (x, y), textcoords="offset points", xytext=(5, -10), fontsize=8,
+                        color="#8a5a80")
     ax.plot([xs[i] for i in front], [ys[i] for i in front], color="#e15759", drawstyle="steps-post", zorder=2,
             label="Pareto front")
     ax.scatter([xs[i] for i in front], [ys[i] for i in front], facecolors="none", edgecolors="#e15759", s=120,
@@ -123,7 +139,7 @@ def tradeoff(labels: list[str], xs: list[float], ys: list[float], xlabel: str, y
     ax.set_xlabel(literal(xlabel))
     ax.set_ylabel(literal(ylabel))
     ax.set_title(literal(title), loc="left")
-    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    ax.legend(loc="best" if second else "lower right", fontsize=8, frameon=False)
     return to_svg(fig)
 
 

@@ -12,6 +12,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from .. import __version__
 from ..memory.base import PHASES
 from ..results import RunResult
+from .runs import job_of, overrides_of, overrides_text
 from .views import table_views
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -22,6 +23,11 @@ CAPTIONS = {
     "tradeoff_memory": "Accuracy against peak memory; the red line joins the Pareto front (no method is both "
                        "smaller and more accurate).",
     "tradeoff_params": "Accuracy against trainable parameters, with the Pareto front.",
+    "tradeoff_memory_trained": "Measured test accuracy against each run's training peak (blue; the red line joins "
+                               "their Pareto front), and the paper's accuracy against its memory per GPU (squares), "
+                               "a second series: compare the shapes, not the absolute values.",
+    "tradeoff_params_trained": "Measured test accuracy against trainable parameters (blue, with the Pareto front), "
+                               "and the paper's (squares).",
     "traces": "The allocator's peak in each phase of each tracked step.",
 }
 
@@ -33,9 +39,16 @@ def fmt(value: float | None, pattern: str) -> str:
 def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(fmt=fmt, captions=CAPTIONS, phases=PHASES, css=(TEMPLATES / "base.css").read_text(encoding="utf-8"),
-                       version=__version__)
+    env.globals.update(fmt=fmt, captions=CAPTIONS, run_kind=run_kind, phases=PHASES,
+                       # the package's own stylesheet, inserted unescaped (templates mark it safe): no user text
+                       css=(TEMPLATES / "base.css").read_text(encoding="utf-8"), version=__version__)
     return env
+
+
+def run_kind(result: RunResult) -> str:
+    """"train", "profile", or either with its overrides: "train (shortened: max_steps 4)"."""
+    badge = overrides_text(overrides_of(result))
+    return job_of(result) + (f" ({badge})" if badge else "")
 
 
 def now() -> str:

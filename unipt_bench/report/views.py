@@ -1,5 +1,6 @@
-"""Pivot stored results into what a report shows: per configuration and mode, one row per method beside
-the paper's row, memory ratios, breakdowns, trade-offs and provenance."""
+"""Pivot stored results into what a report shows: per configuration, mode and kind of run (training or
+profile, full or shortened), one row per method beside the paper's row, memory ratios, measured accuracy,
+breakdowns, trade-offs and provenance."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any
 from ..memory.base import CATEGORIES, PHASES
 from ..memory.estimate import OWNERS
 from ..results import RunResult
-from . import figures
+from . import figures, headline, measured, training
+from .measured import MeasuredColumn
 from .paper import TABLES, PaperRow, PaperTable, paper_g
+from .runs import job_of, kind_key, overrides_of, overrides_slug, overrides_text
 
 # protocol fields that must match for figures to share a table (per-method batch and shapes may differ)
 SIDE_BY_SIDE = ("dtype", "amp", "optimizer", "zero_grad", "attention", "cudnn_benchmark", "tf32_matmul",
@@ -26,6 +29,7 @@ class RowView:
     paper: PaperRow | None
     ratio: float | None = None  # peak / the reference method's peak, same table
     paper_ratio: float | None = None
+    profile: RunResult | None = None  # training rows: the profile of the same configuration and label
 
     @property
     def label(self) -> str:
@@ -78,6 +82,65 @@ class RowView:
         return (metrics.get("baseline") or {}).get(metrics.get("selection"))
 
     @property
+    def trained(self) -> bool:
+        return job_of(self.result) == "train"
+
+    @property
+    def overrides(self) -> str:
+        """The run's command-line overrides as a badge says them ("" for the suite's own recipe)."""
+        return overrides_text(overrides_of(self.result))
+
+    def measured(self, column: MeasuredColumn) -> float | None:
+        return measured.metric_value(self.result.metrics, column.split, column.metric)
+
+    def paper_metric(self, column: str | None) -> float | None:
+        return self.paper.metrics.get(column) if self.paper and column else None
+
+    @property
+    def peak_at(self) -> str:
+        return training.peak_at_text(self.memory.get("peak_at"))
+
+    @property
+    def batch_shapes(self) -> list[str]:
+        return training.batch_shape_lines((self.result.metrics or {}).get("batch_shapes"))
+
+    @property
+    def notes(self) -> list[tuple[str, bool]]:
+        return training.provenance_notes(self.result)
+
+    @property
+    def gaps(self) -> list[str] | None:
+        return training.recipe_gaps(self.result)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return (self.result.metrics or {}).get("best")
+
+    @property
+    def final_loss(self) -> float | None:
+        return (self.result.metrics or {}).get("final_loss")
+
+    @property
+    def profile_peak_gib(self) -> float | None:
+        peak = ((self.profile.primary_memory() or {}).get("peak_bytes")) if self.profile else None
+        return None if peak is None else peak / 2**30
+
+    @property
+    def profile_note(self) -> str:
+        """How the profile beside this training run differs from it (mode, batch), "" when it does not."""
+        if self.profile is None:
+            return ""
+        spec, other = self.result.spec, self.profile.spec
+        differs = [other["mode"]] if other["mode"] != spec["mode"] else []
+        differs += [f"batch {other['batch']}"] if other["batch"] != spec["batch"] else []
+        return ", ".join(differs)
+
+    @property
+    def training_over_profile(self) -> float | None:
+        profile = self.profile_peak_gib
+        return None if not profile or self.peak_gib is None else self.peak_gib / profile
+
+    @property
     def phases(self) -> dict[str, int | None]:
         by_phase = self.memory.get("by_phase", {})
         return {p: (by_phase.get(p) or {}).get("peak_bytes") or (by_phase.get(p) or {}).get("max_memory_allocated")
@@ -98,6 +161,32 @@ class TableView:
     figures: dict[str, str] = field(default_factory=dict)
     protocol_note: str = ""  # set when this configuration's results were split by differing protocols
     part: int = 0  # which of those splits
+    job: str = "profile"  # "train": the rows trained on real data; "profile": two steps on the configured shapes
+    overrides: dict[str, Any] = field(default_factory=dict)  # the command-line changes every row shares
+    reference: str | None = None  # the method memory ratios are taken against
+    measured: list[MeasuredColumn] = field(default_factory=list)  # training: the measured accuracy columns
+    paper_only: list[str] = field(default_factory=list)  # the paper's accuracy columns no measured one pairs with
+    paper_column: str | None = None  # training: the paper's column the selection metric compares with
+    headline: str = ""
+
+    @property
+    def trained(self) -> bool:
+        return self.job == "train"
+
+    @property
+    def badge(self) -> str:
+        return overrides_text(self.overrides)
+
+    @property
+    def dataset(self) -> str:
+        return next((str(r.result.spec["train"].get("dataset", "")) for r in self.rows if r.result.spec.get("train")),
+                    "")
+
+    @property
+    def gaps(self) -> list[str] | None:
+        """The recipe keys the reference code does not give, over every run of the table (None: no run says)."""
+        said = [g for g in (r.gaps for r in self.rows) if g is not None]
+        return sorted(set().union(*said)) if said else None
 
     @property
     def mode_words(self) -> str:
@@ -109,7 +198,11 @@ class TableView:
 
     @property
     def anchor(self) -> str:
-        return f"{self.config}-{self.mode}" + (f"-{self.part}" if self.part else "")
+        """config-mode for a full profile (as before training results existed); -train, the overrides and the
+        protocol split's number appended where they apply."""
+        parts = [self.config, self.mode, "train" if self.trained else "",
+                 f"short-{overrides_slug(self.overrides)}" if self.overrides else "", str(self.part) if self.part else ""]
+        return "-".join(p for p in parts if p)
 
 
 def protocol_key(result: RunResult) -> str | None:
@@ -137,29 +230,55 @@ def split_by_protocol(members: list[RunResult]) -> list[tuple[list[RunResult], s
             for k, p in zip(keys, protocols, strict=True)]
 
 
+def group_results(results: list[RunResult]) -> list[list[RunResult]]:
+    """Results per (configuration, mode, kind of run), in suite order: a configuration's training table first,
+    then its profile, each full recipe before its shortened runs. Kinds never share a table."""
+    ordered = sorted(results, key=lambda r: r.display_order)
+    first: dict[tuple[str, str], int] = {}
+    groups: dict[tuple[str, str, str], list[RunResult]] = {}
+    for i, r in enumerate(ordered):
+        first.setdefault((r.spec["config"], r.spec["mode"]), i)
+        groups.setdefault((r.spec["config"], r.spec["mode"], kind_key(r)), []).append(r)
+
+    def position(key: tuple[str, str, str]) -> tuple[int, int, int, str]:
+        members = groups[key]
+        return (first[key[:2]], job_of(members[0]) != "train", bool(overrides_of(members[0])), key[2])
+
+    return [groups[k] for k in sorted(groups, key=position)]
+
+
 def table_views(results: list[RunResult], with_figures: bool = True) -> list[TableView]:
-    """One view per (configuration, mode, protocol), in suite order: estimates and measurements never
-    share a table, nor do figures measured under different protocols."""
-    groups: dict[tuple[str, str], list[RunResult]] = {}
-    for r in sorted(results, key=lambda r: r.display_order):
-        groups.setdefault((r.spec["config"], r.spec["mode"]), []).append(r)
+    """One view per (configuration, mode, kind of run, protocol), in suite order: estimates and measurements
+    never share a table, nor do training and profile runs, shortened and full ones, or figures measured under
+    different protocols. A training row gets the profile of its configuration and label beside it."""
+    profiles = [r for r in results if job_of(r) == "profile"]
     views = []
-    for (config, mode), grouped in groups.items():
+    for grouped in group_results(results):
+        config, mode = grouped[0].spec["config"], grouped[0].spec["mode"]
         for part, (members, note) in enumerate(split_by_protocol(grouped)):
             paper = TABLES.get(members[0].spec.get("paper") or "")
             rows = [RowView(r, paper.rows.get(r.spec["method"]) if paper and r.spec["label"] == r.spec["method"]
                             else None) for r in members]
-            add_ratios(rows, paper)
             view = TableView(config, members[0].spec.get("title") or config, mode, rows, paper, protocol_note=note,
-                             part=part)
+                             part=part, job=job_of(members[0]), overrides=overrides_of(members[0]))
+            view.reference = add_ratios(rows, paper)
+            if view.trained:
+                for row in rows:
+                    row.profile = training.profile_for(row.result, profiles)
+                view.measured = measured.measured_columns([r.result.metrics for r in rows if r.ok], paper, view.dataset)
+                if paper and not any(c.paper for c in view.measured):
+                    view.paper_only = list(paper.metric_columns)
+                view.paper_column = paper_column(view)
+            view.headline = headline.headline(view)
             if with_figures:
                 view.figures = table_figures(view)
             views.append(view)
     return views
 
 
-def add_ratios(rows: list[RowView], paper: PaperTable | None) -> None:
-    """Memory ratios to the reference method (the paper's, else adapter, else lst) in this table and the paper's."""
+def add_ratios(rows: list[RowView], paper: PaperTable | None) -> str | None:
+    """Memory ratios to the reference method (the paper's, else adapter, else lst) in this table and the paper's;
+    returns the reference's label (None when the table has none of them)."""
     labels = {r.label: r for r in rows}
     reference = next((m for m in ([paper.reference] if paper else []) + ["adapter", "lst"] if m in labels), None)
     ref = labels.get(reference) if reference else None
@@ -168,6 +287,7 @@ def add_ratios(rows: list[RowView], paper: PaperTable | None) -> None:
             r.ratio = r.peak / ref.peak
         if paper and r.paper and r.paper.memory_g and reference in paper.rows and paper.rows[reference].memory_g:
             r.paper_ratio = r.paper.memory_g / paper.rows[reference].memory_g
+    return reference
 
 
 def table_figures(view: TableView) -> dict[str, str]:
@@ -188,12 +308,16 @@ def table_figures(view: TableView) -> dict[str, str]:
     if points is not None:
         rows, ys, ylabel = points
         names = [r.label for r in rows]
+        paper = paper_series(view) if view.trained else None
+        what = "training peak" if view.trained else "peak memory"
         out["tradeoff_memory"] = figures.tradeoff(names, [r.peak_gib for r in rows], ys,
-                                                  f"peak memory, GiB ({view.mode_words})", ylabel,
-                                                  f"{view.config}: accuracy vs peak memory")
+                                                  f"{what}, GiB ({view.mode_words})", ylabel,
+                                                  f"{view.config}: accuracy vs {what}",
+                                                  second=paper[0] if paper else None)
         params = [max(r.params.get("trainable_params", 1), 1) / 1e6 for r in rows]
         out["tradeoff_params"] = figures.tradeoff(names, params, ys, "trainable parameters, M (log scale)", ylabel,
-                                                  f"{view.config}: accuracy vs trainable parameters", log_x=True)
+                                                  f"{view.config}: accuracy vs trainable parameters", log_x=True,
+                                                  second=paper[1] if paper else None)
     traces = {r.label: r.memory["trace"] for r in ok if r.memory.get("trace")}
     if traces:
         out["traces"] = figures.step_traces(traces, f"{view.config}: allocator peak per step and phase")
@@ -201,14 +325,43 @@ def table_figures(view: TableView) -> dict[str, str]:
 
 
 def tradeoff_points(view: TableView, ok: list[RowView]) -> tuple[list[RowView], list[float], str] | None:
-    """Accuracy per method: measured test scores when the runs trained; else the paper's (for the methods
-    the paper reports), and the axis says which."""
+    """Accuracy per method: measured test scores when the runs trained (one is enough beside the paper's
+    series); else the paper's (for the methods the paper reports), and the axis says which."""
     trained = [r for r in ok if r.test]
-    if len(trained) >= 2:
+    if len(trained) >= 2 or (trained and view.trained and view.paper_column):
         return trained, [r.test[1] for r in trained], f"test {trained[0].test[0]} (measured)"
-    if view.paper and view.paper.metric_columns:
+    if view.paper and view.paper.metric_columns and not view.trained:
         column = view.paper.metric_columns[-1]
         rows = [r for r in ok if r.paper and column in r.paper.metrics]
         if len(rows) >= 2:
             return rows, [r.paper.metrics[column] for r in rows], f"{column} (the paper's, not measured here)"
     return None
+
+
+def paper_column(view: TableView) -> str | None:
+    """The paper's column that a training table's selection metric (on its first test split) corresponds to;
+    the paper's last column when no measured column pairs with one."""
+    if view.paper is None:
+        return None
+    selection = next((r.test[0] for r in view.rows if r.test), None)
+    first = view.measured[0].split if view.measured else "test"
+    paired = next((c.paper for c in view.measured if c.metric == selection and c.split == first and c.paper), None)
+    return paired or (view.paper.metric_columns[-1] if view.paper_only else None)
+
+
+def paper_series(view: TableView) -> tuple[figures.Series, figures.Series] | None:
+    """The paper's accuracy against its memory (per GPU, in GiB) and against its trainable parameters: the
+    second, labelled series of a training table's trade-off figures."""
+    column = view.paper_column
+    if view.paper is None or column is None:
+        return None
+    rows = {m: p for m, p in view.paper.rows.items() if column in p.metrics}
+    memory = {m: p for m, p in rows.items() if p.memory_g is not None}
+    params = {m: p for m, p in rows.items() if p.params_m is not None}
+    if not memory and not params:
+        return None
+    name = f"paper, {column}"
+    return (figures.Series(f"{name} (memory per GPU)", list(memory), [p.memory_g * 1000 / 1024 for p in memory.values()],
+                           [p.metrics[column] for p in memory.values()]),
+            figures.Series(name, list(params), [p.params_m for p in params.values()],
+                           [p.metrics[column] for p in params.values()]))

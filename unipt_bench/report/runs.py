@@ -1,0 +1,52 @@
+"""What kind of run a stored result is (training or profile; full recipe or shortened by command-line
+overrides), and the newest result of each kind that a report shows.
+
+A training result and a profile result of the same configuration, label and mode coexist in one store, as do a
+shortened run and a full one: a report shows each (in separate tables), never one in place of the other.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ..results import ResultStore, RunResult
+
+
+def job_of(result: RunResult) -> str:
+    """"train" for a result that trained on real data, "profile" for one that profiled the configured shapes."""
+    return "train" if result.spec.get("train") else "profile"
+
+
+def overrides_of(result: RunResult) -> dict[str, Any]:
+    return dict(result.spec.get("overrides") or {})
+
+
+def overrides_text(overrides: dict[str, Any]) -> str:
+    """"shortened: batch 8, max_steps 4" as a badge says it ("" when there are none); "changed" when the step
+    budget is the recipe's and only e.g. the batch differs."""
+    if not overrides:
+        return ""
+    word = "shortened" if "max_steps" in overrides else "changed"
+    return f"{word}: " + ", ".join(f"{k} {v}" for k, v in sorted(overrides.items()))
+
+
+def overrides_slug(overrides: dict[str, Any]) -> str:
+    """The overrides as part of an HTML id: "max_steps4-batch8" (letters, digits, _ . - only)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "", "-".join(f"{k}{v}" for k, v in sorted(overrides.items())))
+
+
+def kind_key(result: RunResult) -> str:
+    """Results of one kind may be compared with each other: same job, same overrides."""
+    return json.dumps([job_of(result), overrides_of(result)], sort_keys=True)
+
+
+def current_results(store: ResultStore, suite: str) -> list[RunResult]:
+    """The newest result per run key (config/label/mode) and kind, in no particular order."""
+    newest: dict[tuple[str, str], RunResult] = {}
+    for _, result in store.all(suite):
+        key = (result.key, kind_key(result))
+        if key not in newest or result.finished >= newest[key].finished:
+            newest[key] = result
+    return list(newest.values())
