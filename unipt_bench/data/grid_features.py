@@ -43,7 +43,7 @@ class Extractor:
     """A frozen timm CNN whose `stage` feature map is the grid, at the reference's letterboxed image size."""
 
     model: str = "resnet50x4_clip"
-    weights: str = "random"  # a checkpoint file timm loads into `model`, or "random" (untrained; reported)
+    weights: str = "random"  # a checkpoint file timm loads into `model`, or "random" (untrained, seed 0; reported)
     stage: int = -1  # timm feature_info index; -1: the last stage
     short: int = 384  # shorter image side after resizing
     long: int = 640  # longer side cap, and the padded canvas's long side
@@ -69,7 +69,9 @@ class Extractor:
                 raise UserError(f"missing {path} (task option extractor_weights: a checkpoint of {self.model})")
             options |= {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
         try:
-            net = timm.create_model(self.model, **options)
+            with torch.random.fork_rng(devices=[]):  # "random" is one fixed draw: the cache stays reproducible
+                torch.manual_seed(0)
+                net = timm.create_model(self.model, **options)
         except (RuntimeError, OSError, KeyError, IndexError, ValueError) as exc:
             where = self.weights if self.weights != "random" else f"timm model {self.model}"
             raise UserError(f"{where}: cannot build the grid extractor at stage {self.stage} "
@@ -105,6 +107,19 @@ def letterbox_size(width: int, height: int, short: int, long: int) -> tuple[int,
     return (*resized, *canvas)
 
 
+def unreadable(path: Path, exc: Exception) -> UserError:
+    return UserError(f"{path}: not a readable image ({exc}); expected a JPEG, PNG or other format PIL reads")
+
+
+def check_images_open(paths: list[Path]) -> None:
+    """Every image file opens (its header is read, not its pixels): a broken one is named before any run starts."""
+    for path in paths:
+        try:
+            Image.open(path).close()
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise unreadable(path, exc) from None
+
+
 def letterbox(path: Path, short: int, long: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """An image file as normalised float [3, H, W] on its zero-padded canvas (padding is black before
     normalisation, as the reference pads the PIL image)."""
@@ -112,7 +127,7 @@ def letterbox(path: Path, short: int, long: int, mean: torch.Tensor, std: torch.
         with Image.open(path) as img:
             rgb = img.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"{path}: not a readable image ({exc}); expected a JPEG, PNG or other format PIL reads") from None
+        raise unreadable(path, exc) from None
     ow, oh, cw, ch = letterbox_size(*rgb.size, short, long)
     resized = rgb.resize((ow, oh), Image.BILINEAR)
     pixels = torch.frombuffer(bytearray(resized.tobytes()), dtype=torch.uint8).view(oh, ow, 3).permute(2, 0, 1)

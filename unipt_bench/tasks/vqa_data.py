@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..config import TrainSpec
-from ..data.grid_features import Extractor, GridStore
+from ..data.grid_features import Extractor, GridStore, check_images_open
 from ..data.joint_inputs import JointValue
 from ..data.vqa import QAData, counted_vocabulary, load_easy_vqa, load_gqa, load_vqav2
 from ..errors import UserError
@@ -44,7 +44,8 @@ def hold_out(data: QAData, size: int, seed: int) -> tuple[QAData, QAData]:
 
 def missing(spec: TrainSpec, data_root: Path, task: Any = None) -> str:
     """What the dataset lacks to train ("" when its question files, and its images or the features folder
-    named by the task's `features` option, are there)."""
+    named by the task's `features` option, are there). With the task's options, files that are there but
+    broken are a UserError (see `check`): a corrupt dataset is never a reason to profile instead."""
     root = data_root / (spec.path or spec.dataset)
     if spec.dataset == "easy-vqa":
         try:
@@ -61,7 +62,21 @@ def missing(spec: TrainSpec, data_root: Path, task: Any = None) -> str:
         return f"the vqa task reads easy-vqa, vqav2 or gqa, not {spec.dataset!r}"
     needed.append(features_folder(root, task.features) if getattr(task, "features", "") else root / "images")
     absent = [str(p) for p in needed if not p.exists()]
-    return f"missing {', '.join(absent)}" if absent else ""
+    if absent:
+        return f"missing {', '.join(absent)}"
+    if task is not None:
+        check(spec, data_root, task)
+    return ""
+
+
+def check(spec: TrainSpec, data_root: Path, task: Any) -> None:
+    """Files that are there but broken raise, in one line naming the file, before any run starts: the question
+    files parse, every image the splits use opens, and a given features folder covers them in its stated shape."""
+    splits = load_splits(spec, data_root, 0)
+    paths = sorted({p for split in splits.values() for p in split.image_paths})
+    check_images_open(paths)
+    if task.features:
+        GridStore(paths, features_folder(data_root / (spec.path or spec.dataset), task.features), None)
 
 
 def load_splits(spec: TrainSpec, data_root: Path, seed: int) -> dict[str, QAData]:
