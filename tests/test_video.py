@@ -263,6 +263,19 @@ def test_loaders_read_the_published_layouts(data_root) -> None:
     assert msvd.sources[0].suffix == ".avi"
 
 
+def test_a_folder_of_frames_takes_the_place_of_a_video_file(data_root, tmp_path) -> None:
+    root = copy_dataset(data_root, "msrvtt", tmp_path)
+    folder = root / "frames" / "video18"  # the first test video
+    folder.mkdir(parents=True)
+    for i in range(5):
+        Image.fromarray(np.full((30, 40, 3), 50 * i, dtype=np.uint8)).save(folder / f"{i:04d}.jpg")
+    (root / "videos" / "video18.mp4").unlink()
+    test = load_msrvtt(root, "test")
+    assert test.sources[0] == folder and test.sources[1].name == "video19.mp4"
+    frames = VideoFrames(3, 8)(VideoClip(folder))
+    assert frames.shape == (3, 3, 8, 8) and frames[:, 0, 4, 4].tolist() == pytest.approx([0, 100, 200], abs=3)
+
+
 def test_validation_is_the_test_split_unless_videos_are_held_out(data_root) -> None:
     from unipt_bench.config import TrainSpec
 
@@ -408,3 +421,34 @@ def test_the_command_line_trains_and_reports(data_root, tmp_path, monkeypatch, c
     assert code == 0, err
     html = (tmp_path / "report.html").read_text()
     assert "t2v R@1" in html and "v2t MnR" in html
+
+
+@pytest.mark.parametrize("suite", ["msrvtt", "msvd"])
+def test_every_recipe_value_cites_the_reference_or_is_listed_as_missing(suite) -> None:
+    """Each key of the suite's [configs.train] table has a CLIP4Clip/<file>:<line> citation on its line or in the
+    comment right above it, unless not_in_reference names it."""
+    import re
+    import tomllib
+
+    from unipt_bench.suite_file import load_suite
+
+    text = (Path(__file__).parents[1] / "suites" / f"{suite}.toml").read_text()
+    table = text.split("[configs.train]", 1)[1].splitlines()
+    train = tomllib.loads("\n".join(table))
+    cited = set()
+    for n, line in enumerate(table):
+        key = re.match(r"(\w+) = ", line)
+        if key:
+            above = []
+            for previous in reversed(table[:n]):
+                if not previous.startswith("#"):
+                    break
+                above.append(previous)
+            if re.search(r"CLIP4Clip/[\w/.]+:\d+", " ".join([line, *above])):
+                cited.add(key.group(1))
+    assert set(train) - {"dataset", "not_in_reference"} <= cited
+    assert train["not_in_reference"] == (["eval_every"] if suite == "msvd" else [])
+    assert "eval_every" not in train or suite == "msrvtt"
+    (spec,) = [s for s in load_suite(suite).specs if s.label == "unipt"]
+    assert spec.train["select_on"] == "t2v_r1" and spec.batch * spec.gpus == 128
+    assert {t.name: t.shape for t in spec.towers} == {"video": {"frames": 12, "image_size": 224}, "text": {"seq_len": 32}}
