@@ -7,8 +7,6 @@ in a temporary store."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -31,6 +29,7 @@ GAPS = ["warmup", "schedule"]
 FULL = {"adapter": (4.0, 150.0, 3.0), "bitfit": (3.8, 120.0, 2.9), "lst": (2.4, 110.0, 2.0), "unipt": (1.6, 140.0, 1.2)}
 SHORT = {"adapter": (1.0, 15.0), "unipt": (0.5, 20.0)}  # --max-steps 4 --batch 8
 SHORT_OVERRIDES = {"max_steps": 4, "batch": 8}
+EVIL = "<script>document.title='pwned'</script>"
 
 
 def spec(label: str, mode: str, order: int, train: dict | None = None, overrides: dict | None = None,
@@ -276,13 +275,15 @@ def test_a_training_table_without_a_paper_and_one_run() -> None:
     r = RunResult(spec=s.to_dict(), status="ok", digest=s.digest(), params=params("unipt"), memory=memory("cpu", 0.25),
                   protocol={"train": {"dataset": "easy-vqa", "not_in_reference": []}},
                   metrics={"test": {"accuracy": 71.25}, "baseline": {"accuracy": 37.3}, "selection": "accuracy",
-                           "best": {"step": 100, "score": 70.0}})
+                           "best": {"step": 100, "score": 70.0}, "tokenizer": {"text": EVIL},
+                           "batch_shapes": {"text": {EVIL: 3}}})
     (view,) = table_views([r], with_figures=False)
     assert [(c.label, c.paper) for c in view.measured] == [("accuracy", None)] and view.paper_only == []
     assert view.headline == "Only unipt finished training: test accuracy 71.25 (chance 37.30) at a 0.25 GiB training peak."
     html = render_report("quick", [r], "results", with_figures=False)
     assert "Every recipe value is the reference code's." in html
     assert '<td class="measured" data-column="test/accuracy">71.25</td>' in html and "<td>37.30</td>" in html
+    assert EVIL not in html and "&lt;script&gt;" in html  # strings from a result file are escaped
 
 
 def test_splits_pair_with_the_papers_columns() -> None:
@@ -300,19 +301,46 @@ def test_splits_pair_with_the_papers_columns() -> None:
     assert [(c.label, c.paper) for c in gqa] == [("testdev accuracy", "GQA test-dev")]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "unipt_bench.cli", *args], capture_output=True, text=True)
-
-
-@pytest.mark.slow  # two command processes (each imports torch)
 def test_report_and_leaderboard_commands_show_training_and_profile_results(store, tmp_path) -> None:
-    done = cli("report", "--suite", SUITE, "--results", str(store.root), "--out", str(tmp_path / "r.html"))
-    assert done.returncode == 0, done.stderr
-    assert f"({len(current_results(store, SUITE))} results)" in done.stdout
+    from click.testing import CliRunner
+
+    from unipt_bench.cli import cli
+
+    done = CliRunner().invoke(cli, ["report", "--suite", SUITE, "--results", str(store.root),
+                                    "--out", str(tmp_path / "r.html")])
+    assert done.exit_code == 0, done.output
+    assert f"({len(current_results(store, SUITE))} results)" in done.output
     html = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert {'id="t5-bert-cpu-train"', 'id="t5-bert-estimate"', 'id="t5-bert-cpu-train-short-batch8-max_steps4"'} <= \
         set(re.findall(r'id="t5-bert[^"]*"', html))
-    done = cli("leaderboard", "--results", str(store.root), "--out-dir", str(tmp_path / "site"))
-    assert done.returncode == 0, done.stderr
+    done = CliRunner().invoke(cli, ["leaderboard", "--results", str(store.root), "--out-dir", str(tmp_path / "site")])
+    assert done.exit_code == 0, done.output
     index = (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
     assert index.count("<tr>") == 1 + len(current_results(store, SUITE))  # the header and a row per result
+    assert (tmp_path / "site" / f"{SUITE}.html").read_text(encoding="utf-8").count('<table class="results">') == 3
+
+
+def test_a_training_run_is_compared_with_the_closest_profile() -> None:
+    """Same batch first, then the same mode, then an estimate; failed profiles never."""
+    from unipt_bench.report.training import profile_for
+
+    def profile(mode: str, batch: int, status: str = "ok") -> RunResult:
+        s = spec("unipt", mode, 0, batch=batch, overrides={"batch": batch} if batch != 112 else None)
+        return RunResult(spec=s.to_dict(), status=status, digest=s.digest(), memory=memory(mode, 1.0))
+
+    estimate, cpu, small, failed = profile("estimate", 112), profile("cpu", 112), profile("estimate", 8), \
+        profile("cpu", 8, "oom")
+    full, short = trained("unipt", 0, 2.0, 100.0), trained("unipt", 0, 1.0, 10.0, SHORT_OVERRIDES)
+    assert profile_for(full, [estimate, cpu, small, failed]) is cpu
+    assert profile_for(full, [small, estimate]) is estimate
+    assert profile_for(short, [estimate, cpu, small, failed]) is small
+    assert profile_for(full, [failed]) is None
+
+
+def test_memory_headline_when_the_reference_is_the_smallest() -> None:
+    results = [profiled("adapter", 0, 1.0), profiled("prompt", 1, 1.5), profiled("lora", 2, 1.25)]
+    (view,) = table_views(results, with_figures=False)
+    assert view.headline == ("adapter (the reference) has the lowest peak; prompt the highest, 1.50x adapter's memory "
+                             "(paper: 1.07x).")
+    (view,) = table_views([profiled("lora", 2, 1.25)], with_figures=False)
+    assert view.headline == "lora: peak 1.25 GiB, estimated (fake tensors)."

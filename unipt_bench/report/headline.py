@@ -37,8 +37,11 @@ def memory_headline(view: TableView, ok: list[RowView]) -> str:
     low = min(ok, key=lambda r: r.peak)
     what = "training peak" if view.trained else "peak"
     if len(ok) == 1:
-        return f"{low.label}: {what} {low.peak_gib:.2f} GiB ({view.mode_words})."
+        return f"{low.label}: {what} {low.peak_gib:.2f} GiB, {view.mode_words}."
     high = max(ok, key=lambda r: r.peak)
+    if low.label == view.reference:  # ratios to itself say nothing: name it as the reference
+        return f"{low.label} (the reference) has the lowest {what}; {high.label} the highest, " \
+               f"{ratio_words(high, view.reference, True)}."
     return (f"{low.label} has the lowest {what}, {ratio_words(low, view.reference, True)}; "
             f"{high.label} the highest, {ratio_words(high, view.reference, low.ratio is None)}.")
 

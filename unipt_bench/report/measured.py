@@ -74,7 +74,7 @@ def splits_of(metrics: dict[str, Any] | None) -> dict[str, dict[str, float]]:
     metrics = metrics or {}
     splits = metrics.get("splits")
     if isinstance(splits, dict) and splits:
-        return splits
+        return {k: v for k, v in splits.items() if isinstance(v, dict)}
     return {"test": metrics["test"]} if isinstance(metrics.get("test"), dict) else {}
 
 

@@ -36,6 +36,8 @@ def batch_shape_lines(batch_shapes: dict[str, dict[str, int]] | None) -> list[st
     """
     lines = []
     for tower, counts in (batch_shapes or {}).items():
+        if not isinstance(counts, dict):
+            continue
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         shown = ", ".join(f"{shape} ({n})" for shape, n in ranked[:SHAPES_SHOWN])
         rest = len(ranked) - SHAPES_SHOWN
