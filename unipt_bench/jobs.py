@@ -8,6 +8,7 @@ Everything else is profiled, with one line per suite saying why.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,29 @@ def data_missing(spec: RunSpec, data_root: Path) -> str:
 
     train = TrainSpec.from_options(spec.train or {})
     return TASKS.get(spec.task).from_options(spec.task_options).data_missing(train, data_root)
+
+
+def check_data(specs: list[RunSpec], data_root: Path) -> None:
+    """Read every dataset a run will train on, once, in this process: a malformed file (a truncated JSON, an
+    image that does not decode, features of the wrong shape) stops the command in one line before any run
+    starts or any result is written. Data objects may add a `verify()` for what loading leaves unread."""
+    from .tasks import TASKS
+    from .train import tower_modalities
+
+    seen = set()
+    for spec in specs:
+        if spec.train is None:
+            continue
+        key = json.dumps([spec.task, spec.task_options, spec.train, [t.backbone for t in spec.towers]],
+                         sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        train = TrainSpec.from_options(spec.train)
+        task = TASKS.get(spec.task).from_options(spec.task_options)
+        data = task.load_data(train, data_root, spec.seed, tower_modalities(spec))
+        if hasattr(data, "verify"):
+            data.verify()
 
 
 def plan(specs: list[RunSpec], job: str, data_root: Path, gpu: bool, overrides: Overrides | None = None) -> Plan:

@@ -155,7 +155,7 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
     device = torch.device("cuda" if spec.mode == "cuda" else "cpu")
     built.model.to(device)
     inputs = {t.name: TowerInputs(t, built.towers[t.name].backbone, weights_source(t.backbone, t.weights),
-                                  train.padding) for t in spec.towers}
+                                  train.padding, train.max_len) for t in spec.towers}
     caches = attach_caches(built, train)
     optimizer, params = build_optimizer(built, train)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(train))

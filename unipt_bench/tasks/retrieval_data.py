@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..config import TrainSpec
+from ..data.images import verify_images
 from ..data.retrieval import ImageTextData, load_karpathy, load_precomp
 from ..errors import UserError
 from .metrics import five_fold, retrieval_metrics
@@ -75,6 +76,7 @@ class RetrievalData:
     def __init__(self, spec: TrainSpec, data_root: Path, seed: int, modalities: dict[str, str]) -> None:
         root = data_root / (spec.path or spec.dataset)
         self.dataset = spec.dataset
+        self.index = root / KARPATHY_FILES.get(spec.dataset, "") if data_format(spec) == "karpathy" else root / "precomp"
         self.splits = {split: load_split(spec, root, split) for split in ("train", "val", "test")}
         if spec.max_train:
             self.splits["train"] = take(self.splits["train"], spec.max_train)
@@ -129,6 +131,12 @@ class RetrievalData:
         i2t = {k: min(1.0, k * per_image / len(data.captions)) * 100 for k in (1, 5, 10)}
         t2i = {k: min(1.0, k / data.num_images) * 100 for k in (1, 5, 10)}
         return {"rsum": sum(i2t.values()) + sum(t2i.values())}
+
+    def verify(self) -> None:
+        """Every image of every split decodes (run once, before training starts, by `jobs.check_data`)."""
+        for data in self.splits.values():
+            if data.image_paths is not None:
+                verify_images(data.image_paths, self.index)
 
     def describe(self) -> dict[str, Any]:
         return {"splits": {k: {"images": v.num_images, "captions": len(v.captions)} for k, v in self.splits.items()}}
