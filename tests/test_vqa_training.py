@@ -83,6 +83,33 @@ def test_the_t3_extractor_gives_the_towers_grid() -> None:
     assert extractor.weights == "random" and extractor.tag() == "resnet50x4_clip-stage-1-384x640-random"
 
 
+@pytest.mark.parametrize(("suite", "missing"), [("vqa", ["val_size"]), ("gqa", ["num_answers"])])
+def test_every_recipe_value_cites_clip_vil_or_is_listed_as_missing(suite, missing) -> None:
+    """Each key of t3's [configs.train] table, and its loss scale, has a CLIP-ViL/<file>:<line> citation on its line
+    or in the comment right above it, unless not_in_reference names it."""
+    import re
+    import tomllib
+
+    text = (Path(__file__).parents[1] / "suites" / f"{suite}.toml").read_text()
+    table = text.split("[configs.task_options]", 1)[1].splitlines()
+    cited = set()
+    for n, line in enumerate(table):
+        key = re.match(r"(\w+) = ", line)
+        above = []
+        for previous in reversed(table[:n]):
+            if not previous.startswith("#"):
+                break
+            above.append(previous)
+        if key and re.search(r"CLIP-ViL/[\w/.]+:\d+", " ".join([line, *above])):
+            cited.add(key.group(1))
+    train = tomllib.loads(text.split("[configs.train]", 1)[1])
+    assert set(train) - {"dataset", "not_in_reference"} <= cited and "loss_scale" in cited
+    assert train["not_in_reference"] == missing
+    (spec,) = [s for s in load_suite(suite).specs if s.label == "unipt"]
+    assert spec.batch * spec.gpus == 128 and spec.accumulate == 8 and spec.task_options["loss_scale"] == 500.0
+    assert spec.train["lr"] == (5e-4 if suite == "vqa" else 1e-4) and spec.train["epochs"] == 5.0
+
+
 def refuse(*args, **kwargs):
     raise AssertionError("features were extracted again")
 
@@ -116,18 +143,20 @@ def joint_data(root: Path, task: VQA, dataset: str = "vqav2") -> VQAData:
                    task)
 
 
-def test_a_features_folder_is_used_as_given(tmp_path, vqav2) -> None:
+def test_a_features_folder_is_used_as_given_without_the_images(tmp_path, vqav2) -> None:
     root = tmp_path / "vqav2"
-    shutil.copytree(vqav2, root, ignore=shutil.ignore_patterns("grid_features"))
+    shutil.copytree(vqav2, root, ignore=shutil.ignore_patterns("grid_features", "images"))
     for part in ("train2014", "val2014"):
-        write_features(root / "feats", part, image_ids(root, part), grid=6, dim=16)
-    data = joint_data(root, VQA.from_options({**TINY_TASK, "features": "feats"}))
+        write_features(root / "feats", part, image_ids(vqav2, part), grid=6, dim=16)
+    task = VQA.from_options({**TINY_TASK, "features": "feats"})
+    assert task.data_missing(TrainSpec.from_options({"dataset": "vqav2", "val_size": 8}), tmp_path) == ""
+    data = joint_data(root, task)
     assert not (root / "grid_features").exists()  # nothing extracted
     assert data.describe()["grid_features"]["extractor"] == "features given by the user"
     inputs = {"joint": TowerInputs(JOINT, create_backbone("tiny-joint"), "random")}
     batch = data.batch("train", [0, 1], inputs)
     stored = np.load(root / "feats" / "train2014.npy")
-    first = image_ids(root, "train2014").index(data.splits["train"].image_paths[0].stem)
+    first = image_ids(vqav2, "train2014").index(data.splits["train"].image_paths[0].stem)
     assert batch["joint"]["grid"].shape == (2, 6, 16) and batch["joint"]["input_ids"].shape == (2, 8)
     assert torch.equal(batch["joint"]["grid"][0], torch.from_numpy(stored[first].astype(np.float32)))
     assert batch["targets"]["scores"].shape == (2, len(data.answers))

@@ -49,7 +49,8 @@ def counted_vocabulary(labels: list[str], min_count: int, size: int | None = Non
     return ranked[:size] if size else ranked
 
 
-def load_vqav2(root: Path, split: str) -> QAData:
+def load_vqav2(root: Path, split: str, images: bool = True) -> QAData:
+    """A VQAv2 split; `images=False` when features stand for the images (they need not be there)."""
     questions_path = root / f"v2_OpenEnded_mscoco_{split}2014_questions.json"
     annotations_path = root / f"v2_mscoco_{split}2014_annotations.json"
     questions = field(read_json(questions_path, "VQAv2 questions"), "questions", list, questions_path)
@@ -72,11 +73,13 @@ def load_vqav2(root: Path, split: str) -> QAData:
         data.image_paths.append(image / f"COCO_{split}2014_{image_id:012d}.jpg")
         data.answers.append(answers[qid])
         data.labels.append(labels[qid])
-    check_images(data.image_paths, questions_path)
+    if images:
+        check_images(data.image_paths, questions_path)
     return data
 
 
-def load_gqa(root: Path, split: str) -> QAData:
+def load_gqa(root: Path, split: str, images: bool = True) -> QAData:
+    """A GQA balanced split; `images=False` when features stand for the images (they need not be there)."""
     path = root / "questions" / f"{split}_balanced_questions.json"
     questions = typed(read_json(path, "GQA questions"), dict, path, "")
     expect(questions, path, "no questions; expected {qid: {imageId, question, answer}}")
@@ -87,7 +90,8 @@ def load_gqa(root: Path, split: str) -> QAData:
         data.image_paths.append(root / "images" / f"{field(question, 'imageId', str, path, where)}.jpg")
         data.answers.append([field(question, "answer", str, path, where)])
         data.labels.append(data.answers[-1][0])
-    check_images(data.image_paths, path)
+    if images:
+        check_images(data.image_paths, path)
     return data
 
 

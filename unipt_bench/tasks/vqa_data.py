@@ -72,23 +72,26 @@ def missing(spec: TrainSpec, data_root: Path, task: Any = None) -> str:
 def check(spec: TrainSpec, data_root: Path, task: Any) -> None:
     """Files that are there but broken raise, in one line naming the file, before any run starts: the question
     files parse, every image the splits use opens, and a given features folder covers them in its stated shape."""
-    splits = load_splits(spec, data_root, 0)
+    splits = load_splits(spec, data_root, 0, images=not task.features)
     paths = sorted({p for split in splits.values() for p in split.image_paths})
-    check_images_open(paths)
     if task.features:
         GridStore(paths, features_folder(data_root / (spec.path or spec.dataset), task.features), None)
+    else:
+        check_images_open(paths)
 
 
-def load_splits(spec: TrainSpec, data_root: Path, seed: int) -> dict[str, QAData]:
+def load_splits(spec: TrainSpec, data_root: Path, seed: int, images: bool = True) -> dict[str, QAData]:
+    """train, val and test; `images=False` when a features folder stands for the images."""
     root = data_root / (spec.path or spec.dataset)
     if spec.dataset == "easy-vqa":
         train, val = hold_out(load_easy_vqa("train"), spec.val_size, seed)
         return {"train": train, "val": val, "test": load_easy_vqa("test")}
     if spec.dataset == "vqav2":
-        train, val = hold_out(load_vqav2(root, "train"), spec.val_size, seed)
-        return {"train": train, "val": val, "test": load_vqav2(root, "val")}
+        train, val = hold_out(load_vqav2(root, "train", images), spec.val_size, seed)
+        return {"train": train, "val": val, "test": load_vqav2(root, "val", images)}
     if spec.dataset == "gqa":
-        return {"train": load_gqa(root, "train"), "val": load_gqa(root, "val"), "test": load_gqa(root, "testdev")}
+        return {split: load_gqa(root, name, images) for split, name in (("train", "train"), ("val", "val"),
+                                                                         ("test", "testdev"))}
     raise UserError(f"the vqa task reads easy-vqa, vqav2 or gqa, not {spec.dataset!r}")
 
 
@@ -129,7 +132,8 @@ class VQAData:
 
     def __init__(self, spec: TrainSpec, data_root: Path, seed: int, modalities: dict[str, str], task: Any = None) -> None:
         root = data_root / (spec.path or spec.dataset)
-        self.splits = load_splits(spec, data_root, seed)
+        features_only = bool(getattr(task, "features", "")) and set(modalities.values()) == {"text+grid"}
+        self.splits = load_splits(spec, data_root, seed, images=not features_only)
         if spec.max_train:
             self.splits["train"] = subset(self.splits["train"], list(range(min(spec.max_train, len(self.splits["train"].questions)))))
         if spec.max_eval:
