@@ -15,6 +15,7 @@ import torch
 from ..backbones.base import Backbone
 from ..config import TowerSpec
 from ..errors import UserError
+from .image_text import ImageTextInputs
 from .images import load_image, normalise
 from .joint_inputs import JointInputs
 from .text import tokenizer_for
@@ -57,6 +58,8 @@ class TowerInputs:
             self.images = ImageTable(shape["image_size"])
         elif self.modality == "video":  # values are VideoClips
             self.video = VideoFrames(shape["frames"], shape["image_size"])
+        elif self.modality == "image+text":  # MDETR: (image path, caption, size) values, see data/image_text.py
+            self.joint = ImageTextInputs.for_backbone(shape, backbone, weights)
         elif self.modality == "text+grid":  # CLIP-ViL: (question, grid features) values, see data/joint_inputs.py
             self.joint = JointInputs(backbone, weights, shape)
         elif self.modality != "features":
@@ -72,6 +75,8 @@ class TowerInputs:
         if self.modality == "video":
             raw = self.video.batch(values)  # uint8 [B, F, 3, S, S]
             return {"pixel_values": normalise(raw, CLIP_MEAN, CLIP_STD), "cache_keys": row_keys(raw)}
+        if self.modality == "image+text":
+            return self.joint(values)
         if self.modality == "text+grid":
             return self.joint(values)
         features = torch.from_numpy(np.stack([np.asarray(v, dtype=np.float32) for v in values]))  # [B, R, D]
