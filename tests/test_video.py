@@ -296,8 +296,9 @@ def test_a_csv_naming_a_missing_video_is_one_line(data_root, tmp_path) -> None:
 
     root = copy_dataset(data_root, "msrvtt", tmp_path)
     (root / "videos" / "video20.mp4").unlink()  # a test video
+    assert missing(TrainSpec(dataset="msrvtt"), tmp_path) == ""  # the files are there: loading them finds it
     with pytest.raises(UserError) as exc:
-        missing(TrainSpec(dataset="msrvtt"), tmp_path)
+        VideoRetrievalData(TrainSpec(dataset="msrvtt"), tmp_path, 0, MODALITIES)
     message = one_line(exc)
     assert message.startswith(f"{root / 'MSRVTT_JSFUSION_test.csv'}: video 'video20' is missing")
 
@@ -317,6 +318,23 @@ def test_an_undecodable_video_is_one_line_naming_it(data_root, tmp_path) -> None
     with pytest.raises(UserError) as exc:
         train_run(train_spec("msrvtt", steps=1, max_train=4), RunOptions(data_root=str(tmp_path),
                                                                           checkpoints=str(tmp_path / "ck")))
+    assert one_line(exc).startswith(f"{broken}: not a decodable video")
+
+
+def test_every_clip_is_checked_once_before_training(data_root, tmp_path) -> None:
+    from unipt_bench.config import TrainSpec
+    from unipt_bench.data.video import verify_clips
+
+    root = copy_dataset(data_root, "msvd", tmp_path)
+    data = VideoRetrievalData(TrainSpec(dataset="msvd", val_size=1), tmp_path, 0, MODALITIES)
+    sources = [s for split in data.splits.values() for s in split.sources]
+    assert verify_clips(sources, data.cache) == 30  # 18 train, 6 val, 6 test clips
+    assert len(list((root / ".frame-cache" / "checked").iterdir())) == 30
+    assert verify_clips(sources, data.cache) == 0  # checked before: skipped
+    broken = data.splits["test"].sources[2]
+    broken.write_bytes(b"RIFF" + bytes(100))  # changed, so checked again, and no longer a video
+    with pytest.raises(UserError) as exc:
+        data.verify()
     assert one_line(exc).startswith(f"{broken}: not a decodable video")
 
 
@@ -371,6 +389,12 @@ def test_bad_datasets_stop_the_command_line_with_one_line(data_root, tmp_path, m
     next((msvd / "YouTubeClips").glob("blackClip*.avi")).unlink()
     code, err = run_cli(monkeypatch, capsys, *args)
     assert code == 2 and err.count("\n") == 1 and f"{msvd / 'train_list.txt'}: video 'blackClip" in err
+    write_msvd(msvd)
+    first = (msvd / "train_list.txt").read_text().split()[0]
+    broken = msvd / "YouTubeClips" / f"{first}.avi"
+    broken.write_bytes(b"RIFF" + bytes(100))  # a training clip that does not decode
+    code, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2 and err.startswith(f"error: {broken}: not a decodable video (") and err.count("\n") == 1
     assert not (tmp_path / "store" / "tinyvideo").exists()  # nothing ran
 
 

@@ -12,7 +12,9 @@ Frame cache (one file per clip and shape, written atomically, read with allow_pi
 The digest (16 hex digits of a SHA-256) covers the format version, F, S, the source's absolute path and its
 size and modification time (for a frame folder: each image file's name, size and time), so an edited video is
 decoded again. A cache file of the wrong shape or dtype, or one that does not load, is decoded again and
-replaced. A cache folder that cannot be written is skipped with one warning.
+replaced. A cache folder that cannot be written is skipped with one warning. Before training, every clip is
+checked once (it opens and its first frame decodes: verify_clips), leaving an empty marker under
+<cache folder>/checked/.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +112,28 @@ def decode_video(path: Path, frames: int, size: int) -> np.ndarray:
     return np.stack(chosen)
 
 
+def probe_video(path: Path) -> None:
+    """Check that `path` opens as a video and its first frame decodes (a fast check before training starts: a
+    clip broken further on still fails, in one line, when it is first read)."""
+    try:
+        import av
+    except ImportError:
+        raise UserError(f"{path}: decoding videos needs PyAV (pip install 'unipt-bench[video]'), or give "
+                        "pre-extracted frames in frames/<video id>/") from None
+    reason = ""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                reason = "no video stream"
+            elif next(container.decode(video=0), None) is None:
+                reason = "no frame decodes"
+    except (av.FFmpegError, OSError, ValueError, IndexError, RuntimeError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    if reason:
+        raise UserError(f"{path}: not a decodable video ({reason}); expected a video file FFmpeg reads "
+                        f"({', '.join(VIDEO_SUFFIXES)})")
+
+
 def natural_key(name: str) -> list[object]:
     """Sort key that orders frame_2.jpg before frame_10.jpg."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
@@ -143,6 +168,43 @@ def source_digest(source: Path, frames: int, size: int) -> str:
         stat = entry.stat()
         parts += [entry.name, str(stat.st_size), str(stat.st_mtime_ns)]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def check_source(source: Path) -> None:
+    """A frame folder holds frames; a video file opens and its first frame decodes."""
+    if source.is_dir():
+        if not frame_files(source):
+            raise UserError(f"{source}: no frames; expected image files ({', '.join(FRAME_SUFFIXES)}) of one clip")
+    elif not source.is_file():
+        raise UserError(f"missing video {source}")
+    else:
+        probe_video(source)
+
+
+def verify_clips(sources: list[Path], cache: Path | None, workers: int = 4) -> int:
+    """Check every clip (check_source) that was not checked before; returns how many were checked now.
+
+    A clip that passes leaves an empty marker `<cache>/checked/<clip name>.<digest>` (the digest of the frame cache,
+    without a shape), so later runs skip it until the file changes.
+    """
+    def marker(source: Path) -> Path | None:
+        return None if cache is None else cache / "checked" / f"{source.stem}.{source_digest(source, 0, 0)}"
+
+    todo = [s for s in dict.fromkeys(sources) if not ((m := marker(s)) is not None and m.exists())]
+
+    def check(source: Path) -> None:
+        check_source(source)
+        mark = marker(source)
+        if mark is not None:
+            try:
+                mark.parent.mkdir(parents=True, exist_ok=True)
+                mark.touch()
+            except OSError:
+                pass  # an unwritable cache only means checking again next time
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(check, todo))  # the first failure, in clip order, is raised
+    return len(todo)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import torch
 
 from ..config import TrainSpec
 from ..data.safe_pickle import load_captions
-from ..data.video import VideoClip
+from ..data.video import VideoClip, verify_clips
 from ..data.video_datasets import (
     FRAMES_FOLDER,
     MSVD_CAPTIONS,
@@ -49,20 +49,14 @@ def dataset_root(spec: TrainSpec, data_root: Path) -> Path:
 
 
 def missing(spec: TrainSpec, data_root: Path) -> str:
-    """What the dataset lacks to train ("" when it can): its index files and a video or frame folder.
-
-    When they are all there, the index is read now, so a broken one (a list naming a video that has no file, a
-    captions pickle holding anything but strings) is a one-line error before any run starts, not a reason to
-    profile instead.
-    """
+    """What the dataset lacks to train ("" when its index files and a video or frame folder are there). A broken
+    index (a list naming a video that has no file, a captions pickle holding anything but strings) and a clip that
+    does not decode are one-line errors when the data are loaded and verified, before any run starts."""
     root = dataset_root(spec, data_root)
     absent = [str(root / name) for name in index_files(spec.dataset, spec.format or "9k") if not (root / name).exists()]
     if not any((root / name).is_dir() for name in (*VIDEO_FOLDERS, FRAMES_FOLDER)):
         absent.append(f"{root / 'videos'} (or {', '.join(VIDEO_FOLDERS[1:])}, {FRAMES_FOLDER}/<video id>/)")
-    if absent:
-        return f"missing {', '.join(absent)}"
-    load_splits(spec, root, seed=0)
-    return ""
+    return f"missing {', '.join(absent)}" if absent else ""
 
 
 def hold_out(data: VideoTextData, videos: int, seed: int) -> tuple[VideoTextData, VideoTextData]:
@@ -145,6 +139,10 @@ class VideoRetrievalData:
         per_direction = recall | {"mdr": (v + 1) / 2, "mnr": (v + 1) / 2}
         out = {f"{d}_{k}": x for d in ("t2v", "v2t") for k, x in per_direction.items()}
         return out | {"rsum": 2 * sum(recall.values())}
+
+    def verify(self) -> None:
+        """Every clip of every split opens and its first frame decodes (once, before training: jobs.check_data)."""
+        verify_clips([source for data in self.splits.values() for source in data.sources], self.cache)
 
     def describe(self) -> dict[str, Any]:
         return {"splits": {k: {"videos": v.num_videos, "captions": len(v.captions)} for k, v in self.splits.items()},
