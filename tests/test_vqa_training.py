@@ -138,6 +138,23 @@ def test_grid_features_are_extracted_once_and_read_back_from_the_cache(tmp_path,
     assert all(np.allclose(at_once.row(p), fresh.row(p), atol=1e-3) for p in paths[:6])
 
 
+def test_a_checkpoint_given_is_loaded_and_names_the_cache(tmp_path) -> None:
+    import timm
+
+    torch.manual_seed(1)
+    trained = timm.create_model("test_efficientnet")
+    torch.save(trained.state_dict(), tmp_path / "weights.pth")
+    extractor = Extractor("test_efficientnet", str(tmp_path / "weights.pth"), 0, 4, 6)
+    assert torch.equal(extractor.build().conv_stem.weight, trained.conv_stem.weight)
+    assert not torch.equal(TINY_EXTRACTOR.build().conv_stem.weight, trained.conv_stem.weight)
+    assert extractor.tag().startswith("test_efficientnet-stage0-4x6-ckpt-") and extractor.describe()["pretrained"]
+    with pytest.raises(UserError, match=r"missing .*absent.pth \(task option extractor_weights"):
+        Extractor("test_efficientnet", str(tmp_path / "absent.pth")).tag()
+    (tmp_path / "broken.pth").write_bytes(b"no checkpoint")
+    with pytest.raises(UserError, match=r"broken.pth: cannot build the grid extractor .*; expected .* a checkpoint"):
+        Extractor("test_efficientnet", str(tmp_path / "broken.pth"), 0).build()
+
+
 def joint_data(root: Path, task: VQA, dataset: str = "vqav2") -> VQAData:
     return VQAData(TrainSpec.from_options({"dataset": dataset, "val_size": 8}), root.parent, 0, {"joint": "text+grid"},
                    task)

@@ -74,8 +74,9 @@ class Extractor:
                 net = timm.create_model(self.model, **options)
         except (RuntimeError, OSError, KeyError, IndexError, ValueError) as exc:
             where = self.weights if self.weights != "random" else f"timm model {self.model}"
-            raise UserError(f"{where}: cannot build the grid extractor at stage {self.stage} "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+            raise UserError(f"{where}: cannot build the grid extractor at stage {self.stage} ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); expected a stage of "
+                            f"{self.model}'s feature_info and a checkpoint (state dict) timm loads into it") from None
         return net.eval().requires_grad_(False)
 
 
