@@ -79,6 +79,20 @@ class TrainSpec(Configurable):
 
 
 @dataclass
+class DdpSpec(Configurable):
+    """DistributedDataParallel's settings for runs on several GPUs (the `ddp` table of a configuration).
+
+    A key left out keeps DDP's own default, which is also what is passed to DDP: naming bucket_cap_mb
+    (even as 25) makes DDP's first bucket as large as the others instead of 1 MiB.
+    """
+
+    name: ClassVar[str] = "ddp"
+    kind_label: ClassVar[str] = "table"
+    bucket_cap_mb: float = bounded(25.0, above=0)  # DDP's default bucket size (MiB)
+    gradient_as_bucket_view: bool = False  # DDP's default: gradients are tensors of their own, copied into buckets
+
+
+@dataclass
 class RunSpec:
     """Everything one run needs; its digest decides whether a stored result is still current."""
 
@@ -103,6 +117,8 @@ class RunSpec:
     # command-line changes to the suite's recipe (max_steps, batch, eval_every): part of the digest, so a
     # shortened run never replaces, compares with or gates against a full one; omitted when empty
     overrides: dict[str, Any] = field(default_factory=dict)
+    # DistributedDataParallel settings as written in the suite (DdpSpec fields), for gpus > 1; omitted when empty
+    ddp: dict[str, Any] = field(default_factory=dict)
     order: int = 0  # position in the suite (display only; not part of the digest)
 
     @property
@@ -110,14 +126,16 @@ class RunSpec:
         return f"{self.config}/{self.label}/{self.mode}"
 
     def to_dict(self) -> dict[str, Any]:
-        """As stored in results: a tower's `architecture` and the spec's `overrides` only where they are set
-        (registered, random-weight towers and full recipes are written, and digested, as before those fields)."""
+        """As stored in results: a tower's `architecture` and the spec's `overrides` and `ddp` only where they are
+        set (registered, random-weight towers, full recipes and DDP's defaults are written, and digested, as before
+        those fields)."""
         data = asdict(self)
         for tower in data["towers"]:
             if not tower["architecture"]:
                 del tower["architecture"]
-        if not data["overrides"]:
-            del data["overrides"]
+        for key in ("overrides", "ddp"):
+            if not data[key]:
+                del data[key]
         return data
 
     @classmethod

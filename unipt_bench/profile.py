@@ -25,6 +25,8 @@ from .attention import configure_attention
 from .build import Built, build, example_batch, module_owner, parameter_counts
 from .config import RunSpec
 from .errors import UserError
+from .memory import ddp_buckets
+from .memory.allocations import AllocationCounter
 from .memory.base import Trackers
 from .memory.cuda import library_workspace_bytes, other_processes_bytes
 from .memory.estimate import cuda_allocator_blocks, fake_materialise
@@ -157,16 +159,21 @@ class Prepared:
     params: list[nn.Parameter]
     attention: dict[str, object]  # what the protocol records about the attention kernel
     sync: Callable[[], None]
+    module: nn.Module | None = None  # what the steps call when it is not the model itself (DDP's wrapper)
+
+    @property
+    def runs(self) -> nn.Module:
+        return self.module if self.module is not None else self.built.model
 
     def step(self, tracker: Any, micro_batches: int = 1) -> None:
-        train_step(self.built.model, self.batch, self.optimizer, self.params, self.built.task.recipe.grad_clip,
+        train_step(self.runs, self.batch, self.optimizer, self.params, self.built.task.recipe.grad_clip,
                    tracker, micro_batches)
 
     def trace(self, tracker: Any, steps: int, micro_batches: int = 1) -> None:
         """What a profile tracks: `steps` training steps, then the evaluation forward of the same batch."""
         for _ in range(steps):
             self.step(tracker, micro_batches)
-        evaluation_pass(self.built.model, self.batch, tracker)
+        evaluation_pass(self.runs, self.batch, tracker)
 
     def timed_step(self, tracker: Any) -> float:
         """Seconds of one training step, the device synchronised on both sides."""
@@ -200,6 +207,8 @@ class RunOptions:
     checkpoints: str | None = None  # training: this run's checkpoint folder (resumed when it holds one)
     resume: bool = True  # training: resume from the checkpoint folder; False (--force): train from scratch
     trackers: list[str] | None = None  # trackers to run (the mode's primary one always runs); None: all
+    torchrun: bool = False  # cpu: run gpus > 1 as that many gloo processes under torchrun (cuda always does)
+    count_allocations: bool = False  # cpu: also count every CPU allocation from model build on (torch.profiler)
 
 
 def materialise(spec: RunSpec, stack: ExitStack) -> Built:
@@ -216,17 +225,27 @@ def materialise(spec: RunSpec, stack: ExitStack) -> Built:
     return built
 
 
-def profile(spec: RunSpec, options: RunOptions | None = None) -> dict[str, Any]:
-    """Run the spec's profile; returns params, memory (per counter), timing, protocol and calibration."""
+def profile(spec: RunSpec, options: RunOptions | None = None,
+            wrap: Callable[[nn.Module], nn.Module] | None = None) -> dict[str, Any]:
+    """Run the spec's profile; returns params, memory (per counter), timing, protocol and calibration.
+
+    `wrap` (one rank of a data-parallel run, ddp.py) wraps the model in DDP before the steps; without it,
+    a spec on several GPUs in estimate or cpu mode gets DDP's gradient buckets from their model.
+    """
     options = options or RunOptions()
     if spec.mode == "cuda":
         check_gpu_idle(options.busy_threshold)
+    modelled = spec.gpus > 1 and wrap is None  # DDP's buckets counted from their model, not measured
     started = time.perf_counter()
     with ExitStack() as stack:
+        counter = stack.enter_context(AllocationCounter()) if options.count_allocations and spec.mode == "cpu" else None
         run = prepare(spec, stack)
         built = run.built
+        if wrap is not None:
+            run.module = wrap(built.model)
         built_seconds = time.perf_counter() - started
-        trackers = make_trackers(spec, run, options)
+        trackers = make_trackers(spec, run, options,
+                                 grads_in_buckets=modelled and spec.ddp.get("gradient_as_bucket_view", False))
         traced = time.perf_counter()
         with allocator_history(options.snapshot if spec.mode == "cuda" else None, options.snapshot_entries):
             with trackers:
@@ -239,16 +258,38 @@ def profile(spec: RunSpec, options: RunOptions | None = None) -> dict[str, Any]:
             timing["step_seconds"] = None  # fake tensors run no kernels: no step time to report
         workspace = library_workspace_bytes() if spec.mode == "cuda" else None
     memory = trackers.results()
+    if counter is not None:
+        memory[counter.counter] = counter.result()
     out = {
         "params": parameter_counts(built),
         "memory": memory,
         "timing": timing,
         "protocol": {**protocol(spec, built), **run.attention},
     }
+    if modelled:
+        nbytes, buckets = ddp_buckets.bucket_bytes(built.model, spec.ddp)
+        for name, figures in memory.items():
+            if name.startswith("memtracker"):
+                memory[name] = ddp_buckets.add_buckets(figures, nbytes, trainable_bytes_by_owner(built))
+        out["protocol"]["ddp"] = ddp_buckets.describe(spec.ddp, nbytes, buckets)
     if spec.mode == "cuda" and options.snapshot:
         memory["cuda_allocator"]["snapshot"] = options.snapshot
-    if spec.mode == "cuda" and options.calibrate:
+    if wrap is not None:  # a rank: the launcher calibrates the merged peak once
+        out["library_workspace_bytes"] = workspace
+    elif spec.mode == "cuda" and options.calibrate:
         out["calibration"] = calibrate(spec, memory["cuda_allocator"]["peak_bytes"], workspace)
+    return out
+
+
+def trainable_bytes_by_owner(built: Built) -> dict[str, int]:
+    """Trainable parameter bytes per owner (backbone, method, head, other): how gradients, and so DDP's
+    buckets, split between them."""
+    owner_of = module_owner(built.model)
+    out: dict[str, int] = {}
+    for name, p in built.model.named_parameters():
+        if p.requires_grad:
+            owner = owner_of(name.rpartition(".")[0])
+            out[owner] = out.get(owner, 0) + p.numel() * p.element_size()
     return out
 
 
@@ -301,9 +342,9 @@ def check_gpu_idle(threshold: int | None) -> None:
         )
 
 
-def make_trackers(spec: RunSpec, run: Prepared, options: RunOptions) -> Trackers:
+def make_trackers(spec: RunSpec, run: Prepared, options: RunOptions, grads_in_buckets: bool = False) -> Trackers:
     """The registered trackers of the run's mode (memory/registry.py), less those switched off."""
     model = run.built.model
     context = TrackerContext(spec.mode, model, run.optimizer, flat_inputs(run.batch), module_owner(model),
-                             options.nvml_interval)
+                             options.nvml_interval, grads_in_buckets)
     return build_trackers(context, options.trackers)

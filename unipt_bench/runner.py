@@ -27,6 +27,7 @@ def execute(spec_data: dict[str, Any], options: dict[str, Any] | None = None,
     """Profile (or train) one spec and return its RunResult as a dict; never raises for a failing run."""
     import torch
 
+    from .ddp import data_parallel, launch
     from .environment import environment
     from .profile import RunOptions, profile
     from .train import train_run
@@ -38,7 +39,10 @@ def execute(spec_data: dict[str, Any], options: dict[str, Any] | None = None,
         try:
             run_options = RunOptions(**(options or {}))
             trains = spec.train is not None and spec.mode != "estimate"  # estimates profile a training config
-            out = train_run(spec, run_options, report) if trains else profile(spec, run_options)
+            if data_parallel(spec, run_options):  # gpus = N on GPUs: N DDP processes under torchrun
+                out = launch(spec, run_options, "train" if trains else "profile", report)
+            else:
+                out = train_run(spec, run_options, report) if trains else profile(spec, run_options)
             result.params, result.memory = out["params"], out["memory"]
             result.timing, result.protocol = out["timing"], out["protocol"]
             result.calibration, result.metrics = out.get("calibration"), out.get("metrics")

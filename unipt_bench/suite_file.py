@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from .attention import KERNELS
-from .config import RunSpec, Suite, TowerSpec, TrainSpec, name_problem
+from .config import DdpSpec, RunSpec, Suite, TowerSpec, TrainSpec, name_problem
 from .errors import UserError
 
 SUITE_KEYS = {"name", "description", "task", "task_options", "steps", "seed", "attention", "configs", "trackers"}
 CONFIG_KEYS = {
     "name", "title", "paper", "task", "task_options", "batch", "gpus", "accumulate", "steps", "attention", "towers",
-    "methods", "train",
+    "methods", "train", "ddp",
 }
 TOWER_KEYS = {"name", "backbone", "tuned", "weights", "pooling"}
 RUN_KEYS = {"method", "label", "gpus"}  # the rest of a method table are the method's options
@@ -203,6 +203,13 @@ class SuiteReader:
                 train = {k: v for k, v in checked.items() if k in given}  # as written: new fields keep digests
             except UserError as exc:
                 raise self.fail(f"{what}: {exc}", getattr(exc, "key", "train")) from None
+        ddp = {}
+        if "ddp" in config:
+            try:
+                given = self.table(config["ddp"], f"{what}: ddp")
+                ddp = {k: v for k, v in DdpSpec.from_options(given).options().items() if k in given}  # as written
+            except UserError as exc:
+                raise self.fail(f"{what}: {exc}", getattr(exc, "key", "ddp")) from None
         gpus_default = self.typed(config, "gpus", int, what, 1)
         towers = config.get("towers", [])
         if not isinstance(towers, list):
@@ -241,7 +248,7 @@ class SuiteReader:
                     suite=suite, config=cname, label=label, method=method, method_options=options,
                     task=task_name, task_options=task_options, towers=towers, batch=batch // gpus, gpus=gpus,
                     steps=steps, seed=seed, mode="", accumulate=accumulate, attention=attention, train=train, title=str(config.get("title", "")),
-                    paper=config.get("paper"),
+                    paper=config.get("paper"), ddp=ddp if gpus > 1 else {},  # one GPU: no DDP, digest unchanged
                 )
             )
         return specs

@@ -60,15 +60,19 @@ def schedule(train: TrainSpec) -> Callable[[int], float]:
     return factor
 
 
-def batch_rows(size: int, batch: int, step: int, seed: int) -> list[int]:
+def batch_rows(size: int, batch: int, step: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
     """The rows of training step `step`: epoch e walks a permutation seeded by (seed, e), so any step
-    can be reproduced without replaying the ones before it (what resuming needs)."""
-    per_epoch = size // batch
+    can be reproduced without replaying the ones before it (what resuming needs).
+
+    Data-parallel (world > 1 processes of `batch` rows each): step s takes the next world x batch rows of
+    the permutation and rank r every world-th of them from the r-th, as DistributedSampler deals them out.
+    """
+    per_epoch = size // (batch * world)
     if per_epoch == 0:
-        raise UserError(f"the training split has {size} examples, fewer than one batch of {batch}")
+        raise UserError(f"the training split has {size} examples, fewer than one batch of {batch * world}")
     epoch, offset = divmod(step, per_epoch)
     order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return order[offset * batch : (offset + 1) * batch].tolist()
+    return order[offset * batch * world : (offset + 1) * batch * world][rank::world].tolist()
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
@@ -133,11 +137,14 @@ def attach_caches(built: Built, train: TrainSpec) -> dict[str, HiddenCache]:
     return caches
 
 
-def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, Any]], None] = lambda info: None
+def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, Any]], None] = lambda info: None,
+              wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None, rank: int = 0, world: int = 1
               ) -> dict[str, Any]:
     """Train and test `spec`; returns params, memory, timing, protocol and metrics for its result.
 
     Data come from options.data_root; checkpoints go to options.checkpoints (resumed when present).
+    Data-parallel (ddp.py): `wrap` puts the model in DDP, each of the `world` ranks trains on its share of
+    every step's rows, and rank 0 alone validates, checkpoints and tests (the others return no metrics).
     """
     if not options.checkpoints:
         raise UserError("training needs a checkpoint folder")
@@ -149,8 +156,9 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
     train = TrainSpec.from_options(spec.train)
     task = TASKS.get(spec.task).from_options(spec.task_options)
     data = task.load_data(train, data_root, spec.seed, tower_modalities(spec))
-    train = resolve_budget(train, spec, data.size("train"))
-    hardest_from = hardest_from_step(train, spec, data.size("train"))
+    share = data.size("train") // world  # each rank's share of an epoch (data-parallel: world ranks)
+    train = resolve_budget(train, spec, share)
+    hardest_from = hardest_from_step(train, spec, share)
     built = build(RunSpec.from_dict({**spec.to_dict(), "task_options": {**spec.task_options, **data.task_options()}}))
     device = torch.device("cuda" if spec.mode == "cuda" else "cpu")
     built.model.to(device)
@@ -181,7 +189,7 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
             scheduler.load_state_dict(saved["scheduler"])
         except (UserError, ValueError, KeyError, RuntimeError) as exc:
             set_aside(checkpoints, str(exc).splitlines()[0])
-            return train_run(spec, options, report)  # a fresh model, optimizer and schedule
+            return train_run(spec, options, report, wrap, rank, world)  # a fresh model, optimizer and schedule
         torch.set_rng_state(saved["rng"])
         state.update({k: saved[k] for k in ("step", "best", "history")}, resumed_from=saved["step"])
         state.update({k: saved[k] for k in ("seconds", "train_seconds", "final_loss") if k in saved})
@@ -213,6 +221,8 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
         report({"event": "eval", "step": state["step"], selection: score})
 
     task_state = getattr(built.model, "task", None)
+    lead = rank == 0  # validates, checkpoints and tests (on the model itself: DDP's forward is collective)
+    runs = wrap(built.model) if wrap is not None else built.model
     built.model.train()
     seconds: list[float] = []
     losses: list[float] = []
@@ -225,14 +235,14 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
     try:
         while state["step"] < train.steps:
             step = state["step"]
-            rows = batch_rows(data.size("train"), spec.batch, step, spec.seed)
+            rows = batch_rows(data.size("train"), spec.batch, step, spec.seed, rank, world)
             batch = to_device(data.batch("train", rows, inputs), device)
             tracked = tracking.before_step(step, batch)
             if train.hardest_after > 0 and hasattr(task_state, "hardest_negatives"):
                 task_state.hardest_negatives = step >= hardest_from  # all negatives first (VSE warm-up)
             sync()
             begin = time.perf_counter()
-            loss = train_step(built.model, batch, optimizer, params, clip, tracking.tracker(),
+            loss = train_step(runs, batch, optimizer, params, clip, tracking.tracker(),
                               autocast=autocast, scaler=scaler)
             losses.append(float(loss))
             sync()
@@ -242,10 +252,12 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
             state["step"] += 1
             report({"event": "step", "step": state["step"], "steps": train.steps, "loss": losses[-1],
                     "samples_per_s": spec.batch / (time.perf_counter() - begin)})
-            if state["step"] % train.eval_every == 0 or state["step"] == train.steps:
+            if lead and (state["step"] % train.eval_every == 0 or state["step"] == train.steps):
                 validate()
                 checkpoint()
         train_seconds = state["train_seconds"] + elapsed()
+        if not lead:
+            return rank_out(spec, built, train, tracking, state["step"], [*state["seconds"], *seconds], train_seconds)
         load_trainable(built.model, torch.load(best_path, weights_only=True)["model"])
         if spec.mode == "cuda" and tracking.open:  # the allocator's counters cost nothing: test evaluation tracked too
             tracking.tracker().mark("evaluation")
@@ -282,3 +294,14 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
                     "cache": {name: c.stats() for name, c in caches.items()},
                     "weights": {t.name: weights_source(t.backbone, t.weights) for t in spec.towers}},
     }
+
+
+def rank_out(spec: RunSpec, built: Built, train: TrainSpec, tracking: StepTracking, step: int, timed: list[float],
+             train_seconds: float) -> dict[str, Any]:
+    """What a data-parallel rank other than 0 returns: its memory and step times; rank 0 has the metrics."""
+    tracking.close(step)
+    return {"params": parameter_counts(built), "memory": tracking.memory or {},
+            "timing": {"step_seconds": statistics.median(timed) if timed else None, "train_seconds": train_seconds,
+                       "steps_timed": len(timed)},
+            "protocol": {**protocol(spec, built), **recipe_protocol(train, built), "train": train.options()},
+            "metrics": None}

@@ -125,8 +125,11 @@ class PhasedMemTracker(MemTracker):
     snapshots, which no result reads, are not kept.
     """
 
-    def __init__(self, owner_of: Callable[[str], str] | None = None) -> None:
+    def __init__(self, owner_of: Callable[[str], str] | None = None, grads_in_buckets: bool = False) -> None:
         super().__init__()
+        # DDP with gradient_as_bucket_view: gradients are views into its buckets, which are counted apart
+        # (ddp_buckets.py), so they count 0 bytes here
+        self.grads_in_buckets = grads_in_buckets
         self._WINFO = StorageMap()
         mods = self._mod_tracker
         mods._fw_pre_hook = grad_hooks_only_with_grad(mods._fw_pre_hook)  # registered on __enter__
@@ -202,7 +205,10 @@ class PhasedMemTracker(MemTracker):
         snap = self._curr_mem_snap.get(winfo.device)
         if snap is None:
             snap = self._curr_mem_snap[winfo.device] = dict.fromkeys((*self._ref_class, TOTAL), 0)
-        if u_type == _UpdateType.ADD:
+        category = winfo.reftype  # the category whose bytes change
+        if self.grads_in_buckets and _MemRefType.GRAD in (winfo.reftype, old_reftype):
+            category, change = self.bucket_view_change(u_type, winfo, old_reftype)
+        elif u_type == _UpdateType.ADD:
             change = winfo.mem_consumed
         elif u_type == _UpdateType.DEL:
             change = -winfo.mem_consumed
@@ -213,13 +219,22 @@ class PhasedMemTracker(MemTracker):
             change = 0
             snap[winfo.reftype] += winfo.mem_consumed
         if change:
-            snap[winfo.reftype] += change
+            snap[category] += change
             snap[TOTAL] += change
             self.live_total += change
         if u_type in (_UpdateType.DEL, _UpdateType.SIZE) and snap[TOTAL] == 0:
             del self._curr_mem_snap[winfo.device]
         if self.owner_of is not None:
             self.charge_owner(u_type, winfo, old_mem_consumed, old_reftype)
+
+    @staticmethod
+    def bucket_view_change(u_type: Any, winfo: Any, old_reftype: Any) -> tuple[Any, int]:
+        """(category, change of bytes) of an update that concerns a gradient when gradients count 0 bytes."""
+        if u_type != _UpdateType.REF:
+            return winfo.reftype, 0  # a gradient added, freed or resized
+        if old_reftype == _MemRefType.GRAD:  # a gradient becomes something else: its bytes appear there
+            return winfo.reftype, winfo.mem_consumed
+        return old_reftype, -winfo.mem_consumed  # something becomes a gradient: its bytes leave its category
 
     def charge_owner(self, u_type: Any, winfo: Any, old_mem_consumed: int | None, old_reftype: Any) -> None:
         """Activations and temporaries belong to the module running when they are created."""
@@ -290,10 +305,10 @@ class TensorMemoryTracker:
     """Tracker over MemTracker; `counter` says whether it saw fake or real tensors."""
 
     def __init__(self, model: nn.Module, optimizer: optim.Optimizer, inputs: list, counter: str,
-                 owner_of: Callable[[str], str] | None = None) -> None:
+                 owner_of: Callable[[str], str] | None = None, grads_in_buckets: bool = False) -> None:
         self.counter = counter
         self.model, self.owner_of = model, owner_of
-        self.tracker = PhasedMemTracker(owner_of)
+        self.tracker = PhasedMemTracker(owner_of, grads_in_buckets)
         for p in model.parameters():
             if not p.requires_grad:  # MemTracker cannot hook a frozen parameter
                 self.tracker._param_to_grad_hook_handles[p] = (_NoHook(), _NoHook())
@@ -361,7 +376,8 @@ class TensorMemoryTracker:
                   description="live tensor bytes by category, phase and owner (PyTorch's MemTracker)")
 def memtracker(context: TrackerContext) -> TensorMemoryTracker:
     counter = "memtracker_fake" if context.mode == "estimate" else "memtracker_real"
-    return TensorMemoryTracker(context.model, context.optimizer, context.inputs, counter, context.owner_of)
+    return TensorMemoryTracker(context.model, context.optimizer, context.inputs, counter, context.owner_of,
+                               context.grads_in_buckets)
 
 
 def fake_materialise(module: nn.Module, stack: ExitStack) -> None:

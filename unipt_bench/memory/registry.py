@@ -26,6 +26,7 @@ class TrackerContext:
     inputs: list = field(default_factory=list)  # the batch's tensors (counted as inputs)
     owner_of: Callable[[str], str] | None = None  # module path -> backbone / method / head / other
     nvml_interval: float = 0.01
+    grads_in_buckets: bool = False  # DDP's gradient_as_bucket_view, modelled: gradients live in its buckets
 
 
 @dataclass(frozen=True)
