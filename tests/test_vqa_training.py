@@ -293,6 +293,18 @@ def test_broken_inputs_stop_the_command_in_one_line_before_anything_is_written(t
     assert not (root / "grid_features").exists()  # nothing extracted either
 
 
+def test_a_question_and_image_tower_pair_verifies_its_images(tmp_path, vqav2) -> None:
+    """Late fusion reads the image files themselves: verify() (run before any run starts) decodes each one."""
+    root = tmp_path / "vqav2"
+    shutil.copytree(vqav2, root, ignore=shutil.ignore_patterns("grid_features"))
+    path = undecodable_image(root)
+    data = VQAData(TrainSpec.from_options({"dataset": "vqav2", "val_size": 8}), tmp_path, 0,
+                   {"q": "text", "v": "image"}, VQA.from_options({"min_answer_count": 1}))
+    assert data.grids is None and not (root / "grid_features").exists()
+    with pytest.raises(UserError, match=f"{path}: not a readable image"):
+        data.verify()
+
+
 def run_spec(dataset: str, method: str, steps: int, task: str = "vqa", lr: float = 3e-3) -> RunSpec:
     train = {"dataset": dataset, "steps": steps, "eval_every": 20, "val_size": 8, "lr": lr}
     return RunSpec(suite="t", config="c", label=method, method=method, method_options={}, task=task,

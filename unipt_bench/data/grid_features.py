@@ -239,8 +239,12 @@ class GridStore:
         for path in paths:
             by_part.setdefault(path.parent.name, {})[path.stem] = path
         extraction = None
+        stored = {part: self.existing(part) for part in by_part}
+        if extractor is not None:  # every image to extract opens, before any part is written
+            check_images_open([p for part, images in sorted(by_part.items()) for image_id, p in images.items()
+                               if stored[part] is None or image_id not in stored[part].rows])
         for part, images in sorted(by_part.items()):
-            old = self.existing(part)
+            old = stored[part]
             missing = [p for image_id, p in images.items() if old is None or image_id not in old.rows]
             if missing and extractor is None:
                 where = folder / f"{part}.json"

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from ..config import TrainSpec
-from ..data.grid_features import Extractor, GridStore, check_images_open
+from ..data.grid_features import Extractor, GridStore
+from ..data.images import verify_images
 from ..data.joint_inputs import JointValue
 from ..data.vqa import QAData, counted_vocabulary, load_easy_vqa, load_gqa, load_vqav2
 from ..errors import UserError
@@ -44,8 +45,8 @@ def hold_out(data: QAData, size: int, seed: int) -> tuple[QAData, QAData]:
 
 def missing(spec: TrainSpec, data_root: Path, task: Any = None) -> str:
     """What the dataset lacks to train ("" when its question files, and its images or the features folder
-    named by the task's `features` option, are there). With the task's options, files that are there but
-    broken are a UserError (see `check`): a corrupt dataset is never a reason to profile instead."""
+    named by the task's `features` option, are there). Only files are looked for: loading the data (before any
+    run starts, jobs.check_data) reports a broken one."""
     root = data_root / (spec.path or spec.dataset)
     if spec.dataset == "easy-vqa":
         try:
@@ -62,22 +63,7 @@ def missing(spec: TrainSpec, data_root: Path, task: Any = None) -> str:
         return f"the vqa task reads easy-vqa, vqav2 or gqa, not {spec.dataset!r}"
     needed.append(features_folder(root, task.features) if getattr(task, "features", "") else root / "images")
     absent = [str(p) for p in needed if not p.exists()]
-    if absent:
-        return f"missing {', '.join(absent)}"
-    if task is not None:
-        check(spec, data_root, task)
-    return ""
-
-
-def check(spec: TrainSpec, data_root: Path, task: Any) -> None:
-    """Files that are there but broken raise, in one line naming the file, before any run starts: the question
-    files parse, every image the splits use opens, and a given features folder covers them in its stated shape."""
-    splits = load_splits(spec, data_root, 0, images=not task.features)
-    paths = sorted({p for split in splits.values() for p in split.image_paths})
-    if task.features:
-        GridStore(paths, features_folder(data_root / (spec.path or spec.dataset), task.features), None)
-    else:
-        check_images_open(paths)
+    return f"missing {', '.join(absent)}" if absent else ""
 
 
 def load_splits(spec: TrainSpec, data_root: Path, seed: int, images: bool = True) -> dict[str, QAData]:
@@ -131,7 +117,7 @@ class VQAData:
     selection = "accuracy"
 
     def __init__(self, spec: TrainSpec, data_root: Path, seed: int, modalities: dict[str, str], task: Any = None) -> None:
-        root = data_root / (spec.path or spec.dataset)
+        root = self.root = data_root / (spec.path or spec.dataset)
         features_only = bool(getattr(task, "features", "")) and set(modalities.values()) == {"text+grid"}
         self.splits = load_splits(spec, data_root, seed, images=not features_only)
         if spec.max_train:
@@ -156,6 +142,12 @@ class VQAData:
         self.grids, self.features = None, None
         if "joint" in self.fields.values():
             self.grids, self.features = grid_store(self.splits, root, task if task is not None else default_task())
+
+    def verify(self) -> None:
+        """Every image an image tower reads decodes (once, before any run starts: jobs.check_data). A joint tower's
+        images were read when their grid features were extracted, or a features folder stands for them."""
+        if "image_paths" in self.fields.values():
+            verify_images([p for data in self.splits.values() for p in data.image_paths], self.root)
 
     def size(self, split: str) -> int:
         return len(self.splits[split].questions)
