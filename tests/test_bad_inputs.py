@@ -173,6 +173,24 @@ CASES = {
     "fit: --methods ,": ["fit", "--suite", "{suite}", "--budget", "1GiB", "--methods", ",", "--out", "{store}"],
     "fit: suite name of 300 characters": ["fit", "--suite", "{root}/long-name.toml", "--budget", "1GiB",
                                           "--out", "{store}"],
+    # launchers
+    "run: --launcher unknown": ["run", "--suite", "{suite}", "--launcher", "k8s", "--out", "{store}"],
+    "run: --jobs 0": ["run", "--suite", "{suite}", "--jobs", "0", "--out", "{store}"],
+    "run: --ray-address unreachable": ["run", "--suite", "{suite}", "--launcher", "ray", "--ray-address", "127.0.0.1:9",
+                                       "--out", "{store}"],
+    "run: --ray-address without a port number": ["run", "--suite", "{suite}", "--launcher", "ray", "--ray-address",
+                                                 "head:port", "--out", "{store}"],
+    "run: --no-wait on the local launcher": ["run", "--suite", "{suite}", "--no-wait", "--out", "{store}"],
+    "run: --partition without slurm": ["run", "--suite", "{suite}", "--partition", "gpu", "--out", "{store}"],
+    "run: --slurm-arg without =": ["run", "--suite", "{suite}", "--launcher", "slurm", "--slurm-arg", "account",
+                                   "--out", "{store}"],
+    "run: --time garbage": ["run", "--suite", "{suite}", "--launcher", "slurm", "--time", "soon", "--out", "{store}"],
+    "run: slurm without sbatch": ["run", "--suite", "{suite}", "--launcher", "slurm", "--out", "{store}",
+                                  "env:PATH={root}/a-folder", "env:UNIPT_BENCH_SUBMITIT_CLUSTER=slurm"],
+    "fit: --launcher unknown": ["fit", "--suite", "{suite}", "--budget", "1GiB", "--launcher", "k8s", "--out", "{store}"],
+    "fit: --jobs 0": ["fit", "--suite", "{suite}", "--budget", "1GiB", "--jobs", "0", "--out", "{store}"],
+    "fit: --ray-address unreachable": ["fit", "--suite", "{suite}", "--budget", "1GiB", "--launcher", "ray",
+                                       "--ray-address", "127.0.0.1:9", "--out", "{store}"],
 }
 
 

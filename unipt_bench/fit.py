@@ -104,13 +104,35 @@ class Prober:
     behind); cpu and GPU probes each get a fresh process, so no allocator state carries over, even after
     an out-of-memory probe. No probe computes a calibration estimate: a probe needs its peak only."""
 
-    def __init__(self) -> None:
+    def __init__(self, lane: Any = None) -> None:
         from .runner import Lane
 
-        self.lane = Lane()
+        self.lane = lane or Lane()
 
     def __call__(self, spec: RunSpec) -> dict[str, Any]:
         return self.lane.run(spec, {"calibrate": False}, lambda info: None).__dict__
 
     def close(self) -> None:
         self.lane.close()
+
+
+def fit_outcome(spec: RunSpec, budget: int, limit: int, probe: Callable[[RunSpec], dict[str, Any]]) -> dict[str, Any]:
+    """A fit's record as `fit` stores it, or {"error": one line} when the spec cannot be fitted."""
+    from .results import now
+
+    try:
+        fitted = fit_spec(spec, budget, probe, limit)
+    except UserError as exc:
+        return {"error": str(exc)}
+    return {"spec": spec.to_dict(), "mode": spec.mode, "finished": now(), **fitted.to_dict()}
+
+
+def fit_in_worker(spec_data: dict[str, Any], budget: int, limit: int) -> dict[str, Any]:
+    """One spec's fit in a launcher's worker (a Ray task, a Slurm job), its probes in child processes."""
+    probe = Prober()
+    try:
+        return fit_outcome(RunSpec.from_dict(spec_data), budget, limit, probe)
+    except Exception as exc:  # noqa: BLE001  (an outcome, never a crash of the worker)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        probe.close()

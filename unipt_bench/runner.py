@@ -15,11 +15,15 @@ import traceback
 import warnings
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from .config import RunSpec
 from .errors import NotApplicable, UserError
 from .results import ResultStore, RunResult, now
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def execute(spec_data: dict[str, Any], options: dict[str, Any] | None = None,
@@ -114,7 +118,11 @@ class Worker:
             self.process.join()
 
 
+INTERRUPTED = "interrupted by the user (Ctrl-C)"
+
+
 def failed(spec: RunSpec, status: str, message: str) -> RunResult:
+    """The result of a run that never returned one (killed, cancelled, interrupted)."""
     stamp = now()
     return RunResult(spec=spec.to_dict(), status=status, digest=spec.digest(), message=message, started=stamp,
                      finished=stamp)
@@ -151,62 +159,55 @@ class Lane:
             self.worker = None
 
 
-def run_specs(
-    specs: list[RunSpec],
-    store: ResultStore,
-    isolate: bool = True,
-    on_start: Callable[[RunSpec], None] = lambda spec: None,
-    on_result: Callable[[RunResult], None] = lambda result: None,
-    options: dict[str, Any] | None = None,
-    snapshots: bool = False,
-    on_progress: Callable[[RunSpec, dict[str, Any]], None] = lambda spec, info: None,
-    jobs: int = 1,
-    lane_env: Callable[[int], dict[str, str]] = lambda lane: {},
-) -> list[RunResult]:
-    """Run specs, writing each result as it ends. Ctrl-C records `interrupted` for every run in flight and
-    re-raises.
+def run_options(spec: RunSpec, store: ResultStore, options: dict[str, Any] | None = None, snapshots: bool = False,
+                checkpoint_dir: str | None = None) -> dict[str, Any]:
+    """A run's RunOptions fields: the command's options, plus where its snapshot and checkpoints go.
 
-    options are RunOptions fields; snapshots=True saves each cuda run's allocator snapshot beside its
-    result. jobs > 1 runs that many lanes at once (each its own child processes; `lane_env(k)` is lane
-    k's environment); results are the same files as one lane writes, in the order runs end.
+    checkpoint_dir (--checkpoint-dir) replaces the store as the root of training checkpoints, laid out as
+    the store lays them out: a folder every worker sees, when workers share no filesystem with the driver.
     """
+    run_options = dict(options or {})
+    if snapshots and spec.mode == "cuda":
+        run_options["snapshot"] = str(store.snapshot_path(spec))
+    if spec.train:
+        folder = store.checkpoint_dir(spec)
+        if checkpoint_dir:
+            folder = Path(checkpoint_dir) / folder.relative_to(store.root)
+        run_options["checkpoints"] = str(folder)
+    return run_options
+
+
+def serve_lanes(
+    items: list[T],
+    lanes: list[Lane],
+    work: Callable[[Lane, T], R],
+    finish: Callable[[T, R], None],
+    on_start: Callable[[T], None],
+    interrupted: Callable[[T], None],
+    crashed: Callable[[T, Exception], R],
+) -> None:
+    """Work through `items`, each lane taking the next item when it is free (one thread per lane; the
+    calling thread itself when there is one lane); `finish` gets each item's outcome as it ends, under a
+    lock. Ctrl-C kills every lane, calls `interrupted` for each item in flight, and re-raises."""
     lock = threading.Lock()
-    results: list[RunResult] = []
-
-    def run_one(lane: Lane, spec: RunSpec) -> RunResult:
-        run_options = dict(options or {})
-        if snapshots and spec.mode == "cuda":
-            run_options["snapshot"] = str(store.snapshot_path(spec))
-        if spec.train:
-            run_options["checkpoints"] = str(store.checkpoint_dir(spec))
-        return lane.run(spec, run_options, lambda info: on_progress(spec, info))
-
-    def finish(result: RunResult, keep: bool = True) -> None:
-        with lock:
-            store.write(result)
-            if keep:
-                results.append(result)
-            on_result(result)
-
-    if jobs <= 1:
-        lane = Lane(isolate)
+    if len(lanes) == 1:
+        (lane,) = lanes
         try:
-            for spec in specs:
-                on_start(spec)
+            for item in items:
+                on_start(item)
                 try:
-                    result = run_one(lane, spec)
+                    out = work(lane, item)
                 except KeyboardInterrupt:
                     lane.kill()
-                    finish(failed(spec, "interrupted", "interrupted by the user (Ctrl-C)"), keep=False)
+                    interrupted(item)
                     raise
-                finish(result)
+                finish(item, out)
         finally:
             lane.close()
-        return results
+        return
 
-    pending = list(reversed(specs))
-    in_flight: dict[int, RunSpec] = {}
-    lanes = [Lane(isolate, lane_env(k)) for k in range(jobs)]
+    pending = list(reversed(items))
+    in_flight: dict[int, T] = {}
     stop = threading.Event()
 
     def serve(k: int) -> None:
@@ -214,19 +215,19 @@ def run_specs(
             with lock:
                 if not pending:
                     return
-                spec = in_flight[k] = pending.pop()
-                on_start(spec)
+                item = in_flight[k] = pending.pop()
+                on_start(item)
             try:
-                result = run_one(lanes[k], spec)
-            except Exception as exc:  # noqa: BLE001  (a lane never dies silently: its run becomes an error)
-                result = failed(spec, "error", f"{type(exc).__name__}: {exc}")
+                out = work(lanes[k], item)
+            except Exception as exc:  # noqa: BLE001  (a lane never dies silently: its item gets an outcome)
+                out = crashed(item, exc)
             if stop.is_set():
-                return  # interrupted: the main thread records this run
+                return  # interrupted: the main thread records this item
             with lock:
                 in_flight.pop(k, None)
-            finish(result)
+                finish(item, out)
 
-    threads = [threading.Thread(target=serve, args=(k,), daemon=True) for k in range(jobs)]
+    threads = [threading.Thread(target=serve, args=(k,), daemon=True) for k in range(len(lanes))]
     for t in threads:
         t.start()
     try:
@@ -238,12 +239,93 @@ def run_specs(
         for lane in lanes:
             lane.kill()
         with lock:
-            interrupted = list(in_flight.values())
+            stopped = list(in_flight.values())
             in_flight.clear()
-        for spec in interrupted:
-            finish(failed(spec, "interrupted", "interrupted by the user (Ctrl-C)"), keep=False)
+        for item in stopped:
+            interrupted(item)
         raise
     finally:
         for lane in lanes:
             lane.close()
+
+
+def run_specs(
+    specs: list[RunSpec],
+    store: ResultStore,
+    isolate: bool = True,
+    on_start: Callable[[RunSpec], None] = lambda spec: None,
+    on_result: Callable[[RunResult], None] = lambda result: None,
+    options: dict[str, Any] | None = None,
+    snapshots: bool = False,
+    on_progress: Callable[[RunSpec, dict[str, Any]], None] = lambda spec, info: None,
+    jobs: int = 1,
+    lane_env: Callable[[int], dict[str, str]] = lambda lane: {},
+    checkpoint_dir: str | None = None,
+) -> list[RunResult]:
+    """Run specs on this machine, writing each result as it ends. Ctrl-C records `interrupted` for every
+    run in flight and re-raises.
+
+    options are RunOptions fields; snapshots=True saves each cuda run's allocator snapshot beside its
+    result. jobs > 1 runs that many lanes at once (each its own child processes; `lane_env(k)` is lane
+    k's environment); results are the same files as one lane writes, in the order runs end.
+    """
+    lock = threading.Lock()
+    results: list[RunResult] = []
+
+    def work(lane: Lane, spec: RunSpec) -> RunResult:
+        run_opts = run_options(spec, store, options, snapshots, checkpoint_dir)
+        return lane.run(spec, run_opts, lambda info: on_progress(spec, info))
+
+    def finish(spec: RunSpec, result: RunResult, keep: bool = True) -> None:
+        with lock:
+            store.write(result)
+            if keep:
+                results.append(result)
+            on_result(result)
+
+    lanes = [Lane(isolate, lane_env(k) if jobs > 1 else None) for k in range(max(1, jobs))]
+    serve_lanes(specs, lanes, work, finish, on_start,
+                interrupted=lambda spec: finish(spec, failed(spec, "interrupted", INTERRUPTED), keep=False),
+                crashed=lambda spec, exc: failed(spec, "error", f"{type(exc).__name__}: {exc}"))
     return results
+
+
+
+def launch_runs(
+    specs: list[RunSpec],
+    store: ResultStore,
+    options: dict[str, Any] | None = None,
+    snapshots: bool = False,
+    settings: Any = None,
+    on_start: Callable[[RunSpec], None] = lambda spec: None,
+    on_result: Callable[[RunResult], None] = lambda result: None,
+    on_progress: Callable[[RunSpec, dict[str, Any]], None] = lambda spec, info: None,
+) -> tuple[list[RunResult], list[str]]:
+    """Run specs where `settings` (a launchers.LaunchSettings; default: local lanes) say, the driver writing
+    each result as it arrives; returns the results and one line per run still pending (Slurm, no --wait).
+    Ctrl-C records `interrupted` for every run that has not ended and re-raises."""
+    from .launchers import Events, LaunchSettings, Work, launch
+
+    settings = settings or LaunchSettings()
+    results: list[RunResult] = []
+
+    def options_for(spec: RunSpec) -> dict[str, Any]:
+        return run_options(spec, store, options, snapshots, settings.checkpoint_dir)
+
+    def done(spec: RunSpec, outcome: dict[str, Any]) -> None:
+        result = RunResult(**outcome)
+        store.write(result)
+        results.append(result)
+        on_result(result)
+
+    work = Work(
+        kind="run",
+        local=lambda lane, spec: lane.run(spec, options_for(spec), lambda info: on_progress(spec, info)).__dict__,
+        remote=lambda spec: (execute, (spec.to_dict(), options_for(spec))),
+        tag=lambda spec: spec.digest(),
+    )
+    def lost(spec: RunSpec, status: str, message: str) -> dict[str, Any]:
+        return failed(spec, status, message).__dict__
+
+    pending = launch(work, specs, store, settings, Events(on_start, done, lost))
+    return results, pending

@@ -32,14 +32,20 @@ def resolve_mode(mode: str, trains: bool = False) -> tuple[str, str]:
 
 
 def run_with_progress(specs: list, store: Any, options: dict[str, Any] | None = None, snapshots: bool = False,
-                      jobs: int = 1) -> list:
-    """Run specs (`jobs` at once) with a progress bar and one line per finished run."""
+                      jobs: int | None = 1, launch: Any = None) -> list:
+    """Run specs with a progress bar and one line per finished run: where `launch` (LaunchSettings) says,
+    else `jobs` at once on this machine. Runs left pending (Slurm without --wait) are listed at the end."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..launch import lane_env
-    from ..runner import run_specs
+    from ..launchers import LaunchSettings, get
+    from ..runner import launch_runs
 
+    settings = launch or LaunchSettings(jobs=jobs)
+    launcher = get(settings)  # its options checked before any run starts
+    where = launcher.describe(settings, specs) if specs else ""
+    if where:
+        click.echo(f"  {where}")
     console = Console(highlight=False)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=True)
@@ -53,7 +59,7 @@ def run_with_progress(specs: list, store: Any, options: dict[str, Any] | None = 
 
         def on_result(result: Any) -> None:
             spec = result.run_spec
-            seconds = time.perf_counter() - started.get(spec.key, time.perf_counter())
+            seconds = run_seconds(result) or time.perf_counter() - started.get(spec.key, time.perf_counter())
             row = result.row()
             detail = (
                 f"peak {human_bytes(row['peak_bytes']):>10}  trainable {human_count(row['trainable_params']):>8}"
@@ -75,13 +81,29 @@ def run_with_progress(specs: list, store: Any, options: dict[str, Any] | None = 
                 console.print(f"  {name:<24} step {info['step']}: validation {scores}", markup=False, soft_wrap=True)
 
         try:
-            envs = lane_env(specs[0].mode, jobs) if specs else {}
-            return run_specs(specs, store, on_start=on_start, on_result=on_result, options=options, snapshots=snapshots,
-                             on_progress=on_progress, jobs=jobs, lane_env=lambda k: envs.get(k, {}))
+            results, pending = launch_runs(specs, store, options, snapshots, settings, on_start=on_start,
+                                           on_result=on_result, on_progress=on_progress)
         except KeyboardInterrupt:
             progress.stop()
             click.echo("interrupted: finished runs are kept; run the same command to resume", err=True)
             sys.exit(130)
+    if pending:
+        click.echo(f"{len(pending)} runs pending; run the same command again to collect them:")
+        for line in pending:
+            click.echo(f"  {line}")
+    return results
+
+
+def run_seconds(result: Any) -> float | None:
+    """How long a run took where it ran (a Ray task or Slurm job may wait long before it starts); None for
+    a run that never returned its own times."""
+    from datetime import datetime
+
+    try:
+        started, finished = (datetime.strptime(t, "%Y-%m-%dT%H:%M:%S.%fZ") for t in (result.started, result.finished))
+    except ValueError:
+        return None
+    return (finished - started).total_seconds() if finished > started else None
 
 
 def summarize(suite: str, results: list, out: str) -> None:

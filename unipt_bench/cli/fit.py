@@ -9,9 +9,11 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
+from ..launchers import LaunchSettings
 from .app import cli, out_option
 from .common import resolve_mode
 from .format import human_bytes
+from .launcher_options import jobs_option, launcher_options
 
 
 @cli.command()
@@ -21,13 +23,19 @@ from .format import human_bytes
 @click.option("--methods", default=None, help="Comma-separated method names or labels (default: all).")
 @click.option("--limit", default=4096, show_default=True, type=click.IntRange(min=1), help="Largest batch to consider.")
 @out_option
-def fit(suite: str, budget: str, mode: str, methods: str | None, limit: int, out: str) -> None:
+@jobs_option
+@launcher_options
+def fit(suite: str, budget: str, mode: str, methods: str | None, limit: int, out: str, jobs: int | None,
+        launch: LaunchSettings) -> None:
     """Find each run's largest per-GPU batch under a memory budget, and its memory-vs-batch line."""
     from ..atomic import check_writable_dir, write_atomic
-    from ..fit import Prober, fit_spec, parse_bytes
-    from ..results import ResultStore, now
+    from ..fit import Prober, fit_in_worker, fit_outcome, parse_bytes
+    from ..launchers import Events, Work, get
+    from ..results import ResultStore
     from ..suite_file import load_suite, select_methods
 
+    launch.jobs = jobs
+    launcher = get(launch)  # launcher options, its extra and its cluster checked before anything loads
     store = ResultStore(out)
     budget_bytes = parse_bytes(budget)
     if budget_bytes <= 0:
@@ -37,23 +45,30 @@ def fit(suite: str, budget: str, mode: str, methods: str | None, limit: int, out
     specs = select_methods(loaded.with_mode(mode), methods)
     check_writable_dir(Path(out) / "_fits", "--out")
     click.echo(f"{loaded.name}: largest batch per GPU under {human_bytes(budget_bytes)}, {why}")
-    probe = Prober()
+    if where := launcher.describe(launch, specs):
+        click.echo(f"  {where}")
+
+    def done(spec, record: dict) -> None:
+        name = spec.config + "/" + spec.label
+        if "error" in record:
+            click.echo(f"  {name:<24} {record['error']}")
+            return
+        fixed, per_sample, best = record["line"]["fixed_bytes"], record["line"]["bytes_per_sample"], record["max_batch"]
+        line = (f"{human_bytes(fixed)} + {human_bytes(round(per_sample))}/sample"
+                if per_sample else "no line (peak did not grow with the batch)")
+        best = f">={limit} (the --limit)" if best == limit else str(best or "none")
+        click.echo(f"  {name:<24} max batch {best:>6}  {line}  ({len(record['probes'])} probes)")
+        write_atomic(store.fit_path(spec), json.dumps(record, indent=2, sort_keys=True))
+
+    work = Work(kind="fit", local=lambda lane, spec: fit_outcome(spec, budget_bytes, limit, Prober(lane)),
+                remote=lambda spec: (fit_in_worker, (spec.to_dict(), budget_bytes, limit)),
+                tag=lambda spec: f"{spec.digest()}:{budget_bytes}:{limit}")
     try:
-        for spec in specs:
-            try:
-                fitted = fit_spec(spec, budget_bytes, probe, limit)
-            except UserError as exc:
-                click.echo(f"  {spec.config + '/' + spec.label:<24} {exc}")
-                continue
-            line = (f"{human_bytes(fitted.fixed_bytes)} + {human_bytes(round(fitted.bytes_per_sample))}/sample"
-                    if fitted.bytes_per_sample else "no line (peak did not grow with the batch)")
-            best = f">={limit} (the --limit)" if fitted.max_batch == limit else str(fitted.max_batch or "none")
-            click.echo(f"  {spec.config + '/' + spec.label:<24} max batch {best:>6}  {line}  ({len(fitted.probes)} probes)")
-            record = {"spec": spec.to_dict(), "mode": mode, "finished": now(), **fitted.to_dict()}
-            write_atomic(store.fit_path(spec), json.dumps(record, indent=2, sort_keys=True))
+        pending = launcher.launch(work, specs, store, launch,
+                                  Events(lambda spec: None, done, lambda spec, status, msg: {"error": f"{status}: {msg}"}))
     except KeyboardInterrupt:
         click.echo("interrupted: fits finished so far are kept", err=True)
         sys.exit(130)
-    finally:
-        probe.close()
+    for line in pending:
+        click.echo(f"  pending: {line}")
     click.echo(f"fits in {out}/_fits/{loaded.name}/")

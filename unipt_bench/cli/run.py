@@ -9,8 +9,10 @@ import sys
 import click
 
 from ..errors import UserError
+from ..launchers import LaunchSettings, get
 from .app import cli, out_option
 from .common import resolve_mode, run_with_progress, summarize, tracker_list
+from .launcher_options import launcher_options
 
 
 @cli.command()
@@ -32,13 +34,13 @@ from .common import resolve_mode, run_with_progress, summarize, tracker_list
               help="Comma-separated trackers to run (default: the suite's list, else all; see `list trackers`).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Runs at once (default: every core in estimate mode, one per visible GPU in cuda mode, 1 in cpu mode).")
+@launcher_options
 def run(suite: str, mode: str, methods: str | None, out: str, force: bool, busy_threshold: str,
         memory_snapshot: bool, calibrate: bool, nvml_interval: float, data_root: str, trackers: str | None,
-        jobs: int | None) -> None:
+        jobs: int | None, launch: LaunchSettings) -> None:
     """Profile every run of a suite and store one JSON result per run."""
     from ..atomic import check_writable_dir
     from ..fit import parse_bytes
-    from ..launch import default_jobs
     from ..results import ResultStore
     from ..suite_file import load_suite, select_methods
 
@@ -51,6 +53,8 @@ def run(suite: str, mode: str, methods: str | None, out: str, force: bool, busy_
         "data_root": data_root,
         "resume": not force,  # --force trains from scratch, never from an earlier run's checkpoint
     }
+    launch.jobs = jobs
+    get(launch)  # launcher options, its extra and its cluster checked before anything loads
     loaded = load_suite(suite)
     mode, why = resolve_mode(mode, trains=any(s.train for s in loaded.specs))
     specs = select_methods(loaded.with_mode(mode), methods)
@@ -62,10 +66,7 @@ def run(suite: str, mode: str, methods: str | None, out: str, force: bool, busy_
     click.echo(f"{loaded.name}: {len(specs)} runs in {why}")
     if len(todo) < len(specs):
         click.echo(f"  {len(specs) - len(todo)} already done (same spec); --force runs them again")
-    jobs = jobs or default_jobs(mode)
-    if jobs > 1 and len(todo) > 1:
-        click.echo(f"  {min(jobs, len(todo))} runs at once (--jobs)")
-    results = run_with_progress(todo, store, options, memory_snapshot, jobs)
+    results = run_with_progress(todo, store, options, memory_snapshot, launch=launch)
     summarize(loaded.name, results, out)
     if any(r.status == "error" for r in results):
         sys.exit(1)
