@@ -9,16 +9,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from unipt_bench.config import RunSpec
+from unipt_bench.config import RunSpec, TowerSpec
 from unipt_bench.ddp import wrapper
 from unipt_bench.errors import UserError
 from unipt_bench.memory.ddp_buckets import CATEGORY, allocated_bytes, bucket_layout
 from unipt_bench.profile import RunOptions, profile
 from unipt_bench.runner import execute
 from unipt_bench.suite_file import load_suite
-from unipt_bench.train import batch_rows
+from unipt_bench.train import batch_rows, train_run
 
 from .conftest import make_spec
+from .datasets import write_precomp
 
 CLOSE = 0.001  # the acceptance bound: estimate and measured peaks within 0.1%
 
@@ -148,3 +149,24 @@ def test_rows_are_dealt_out_as_distributed_sampler_does() -> None:
         ranks = [batch_rows(25, 4, step, seed=1, rank=r, world=2) for r in range(2)]
         together = batch_rows(25, 8, step, seed=1)
         assert ranks == [together[0::2], together[1::2]]
+
+
+def test_ranks_train_on_their_share_and_rank_0_alone_evaluates(one_process_group, tmp_path) -> None:
+    """Training through DDP's wrapper (rank 0 of a one-process group) validates and tests; a rank other than 0
+    trains the same steps on its rows and returns its memory but no metrics."""
+    root = write_precomp(tmp_path / "data" / "flickr30k")
+    towers = [TowerSpec("image", "tiny-regions", tuned=False), TowerSpec("text", "tiny-bert", shape={"seq_len": 8})]
+    spec = RunSpec(suite="t", config="c", label="bitfit", method="bitfit", method_options={}, task="retrieval",
+                   task_options={"embed_dim": 16, "pooling": "mean", "hardest_negatives": False}, towers=towers,
+                   batch=6, gpus=2, steps=2, seed=0, mode="cpu",
+                   train={"dataset": "flickr30k", "format": "precomp", "steps": 2, "eval_every": 2, "cache": "off"})
+
+    def options(name: str) -> RunOptions:
+        return RunOptions(data_root=str(root.parent), checkpoints=str(tmp_path / name))
+
+    lead = train_run(spec, options("lead"), wrap=wrapper(spec, None), rank=0, world=1)
+    other = train_run(spec, options("other"), rank=1, world=2)
+    assert [h["step"] for h in lead["metrics"]["history"]] == [2] and "rsum" in lead["metrics"]["test"]
+    assert other["metrics"] is None
+    assert len(other["memory"]["memtracker_real"]["step_peak_bytes"]) == 2  # both steps, tracked
+    assert not (tmp_path / "other").exists()  # only rank 0 writes checkpoints
