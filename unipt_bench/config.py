@@ -48,13 +48,15 @@ class TrainSpec(Configurable):
     optimizer: str = "adamw"  # "adamw" or "adam" (Adam with L2 weight decay added to the gradient)
     lr: float = bounded(0.0, at_least=0)  # 0: the task recipe's learning rate
     backbone_lr_scale: float = bounded(1.0, above=0)  # learning-rate factor of the pre-trained backbone's own weights
+    tower_lr_scales: dict = field(default_factory=dict)  # per tower: its backbone's factor instead, e.g. {image = 0.01}
     weight_decay: float = bounded(-1.0, at_least=-1)  # -1: the task recipe's
     grad_clip: float = bounded(-1.0, at_least=-1)  # max gradient norm; 0: none; -1: the task recipe's
     warmup: float = bounded(0.05, at_least=0, at_most=1)  # fraction of the steps with a linear warm-up
-    schedule: str = "cosine"  # "cosine", "step" (x0.1 at decay_at) or "constant"
+    schedule: str = "cosine"  # after the warm-up: "cosine" or "linear" to 0, "step" (x0.1 at decay_at), "constant"
     decay_at: float = bounded(0.6, at_least=0, at_most=1)  # step schedule: fraction of the steps where the rate drops
     hardest_after: float = bounded(0.0, at_least=0)  # VSE: epochs with every negative before hardest negatives only
     padding: str = "max_length"  # text: "max_length" (the tower's seq_len) or "longest" (the batch's longest, capped)
+    max_len: int = bounded(0, at_least=0)  # text truncation in training (0: the tower's seq_len)
     amp: str = "none"  # "none", "bf16" or "fp16" (fp16 on a GPU)
     cache: str = "auto"  # hidden-state cache for side methods: "auto" (when inputs are deterministic), "off"
     val_size: int = bounded(1000, at_least=0)  # held out from train for model selection when the dataset has no val split
@@ -65,7 +67,7 @@ class TrainSpec(Configurable):
     not_in_reference: list = field(default_factory=list)  # recipe keys the reference code does not give (reported)
 
     def __post_init__(self) -> None:
-        choices = {"schedule": ("cosine", "step", "constant"), "amp": ("none", "bf16", "fp16"),
+        choices = {"schedule": ("cosine", "linear", "step", "constant"), "amp": ("none", "bf16", "fp16"),
                    "cache": ("auto", "off"), "optimizer": ("adamw", "adam"), "padding": ("max_length", "longest")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -73,6 +75,9 @@ class TrainSpec(Configurable):
         if not self.dataset:
             raise UserError("train needs a dataset (easy-vqa, flickr30k, mscoco, vqav2, gqa, msrvtt, msvd, "
                             "refcoco, refcoco+ or refcocog)")
+        for tower, scale in self.tower_lr_scales.items():
+            if not isinstance(scale, int | float) or isinstance(scale, bool) or not 0 < scale < float("inf"):
+                raise UserError(f"train.tower_lr_scales.{tower} must be a positive number, got {scale!r}")
         unknown = sorted(set(map(str, self.not_in_reference)) - {f.name for f in fields(self)})
         if unknown:
             raise UserError(f"train.not_in_reference names unknown keys: {', '.join(unknown)}")
@@ -123,7 +128,14 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        return f"{self.config}/{self.label}/{self.mode}"
+        """config/label/mode, then "/train" for a training run and its overrides ("/batch8-max_steps4"): a profile
+        and a training of one method, or a shortened and a full one, are different runs with results of their own."""
+        key = f"{self.config}/{self.label}/{self.mode}"
+        if self.train is not None:
+            key += "/train"
+        if self.overrides:
+            key += "/" + "-".join(f"{k}{v}" for k, v in sorted(self.overrides.items()))
+        return key
 
     def to_dict(self) -> dict[str, Any]:
         """As stored in results: a tower's `architecture` and the spec's `overrides` and `ddp` only where they are

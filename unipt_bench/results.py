@@ -200,7 +200,7 @@ class ResultStore:
         return found
 
     def latest(self, suite: str) -> dict[str, RunResult]:
-        """Newest result per run key (config/label/mode)."""
+        """Newest result per run key (config/label/mode, and job and overrides where they apply: RunSpec.key)."""
         newest: dict[str, RunResult] = {}
         for _, result in self.all(suite):
             key = result.key

@@ -44,15 +44,17 @@ def tower_modalities(spec: RunSpec) -> dict[str, str]:
 
 
 def schedule(train: TrainSpec) -> Callable[[int], float]:
-    """Learning-rate factor per step: linear warm-up, then cosine to 0, a x0.1 step, or constant."""
+    """Learning-rate factor per step: linear warm-up, then cosine or linear to 0, a x0.1 step, or constant."""
     warmup = max(1, round(train.warmup * train.steps)) if train.warmup > 0 else 0
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, train.steps - warmup))
         if train.schedule == "cosine":
-            progress = (step - warmup) / max(1, train.steps - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if train.schedule == "linear":  # transformers' get_linear_schedule_with_warmup
+            return 1.0 - progress
         if train.schedule == "step":
             return 0.1 if step >= train.decay_at * train.steps else 1.0
         return 1.0

@@ -58,24 +58,32 @@ def grad_clip(train: TrainSpec, built: Built) -> float | None:
     return clip or None
 
 
-def parameter_groups(built: Built, lr: float, backbone_scale: float) -> list[dict[str, Any]]:
-    """Trainable parameters in two groups: the pre-trained backbone's own weights (at lr x backbone_scale, e.g.
-    VSE-infinity's BERT at 0.1x) and everything else (method modules, heads, task encoders) at lr."""
+def parameter_groups(built: Built, lr: float, train: TrainSpec) -> list[dict[str, Any]]:
+    """Trainable parameters in groups: each tower's pre-trained backbone weights at lr x its factor
+    (`tower_lr_scales`, else `backbone_lr_scale`: VSE-infinity's BERT at 0.1x, its ResNeXt at 0.01x) and
+    everything else (method modules, heads, task encoders) at lr."""
+    unknown = sorted(set(train.tower_lr_scales) - set(built.towers))
+    if unknown:
+        raise UserError(f"train.tower_lr_scales names no tower of this configuration: {', '.join(unknown)}")
     owner = module_owner(built.model)
-    backbone, rest = [], []
+    parts: dict[str, list[nn.Parameter]] = {"other": []}
     for name, param in built.model.named_parameters():
         if param.requires_grad:
-            (backbone if owner(name.rpartition(".")[0]) == "backbone" else rest).append(param)
-    groups = [{"params": rest, "lr": lr, "part": "other"}]
-    if backbone:
-        groups.append({"params": backbone, "lr": lr * backbone_scale, "part": "backbone"})
+            path = name.rpartition(".")[0]
+            part = f"backbone:{path.split('.')[1]}" if owner(path) == "backbone" else "other"
+            parts.setdefault(part, []).append(param)
+    groups = []
+    for part, params in parts.items():
+        tower = part.partition(":")[2]
+        scale = train.tower_lr_scales.get(tower, train.backbone_lr_scale) if tower else 1.0
+        groups.append({"params": params, "lr": lr * scale, "part": part})
     return [g for g in groups if g["params"]]
 
 
 def build_optimizer(built: Built, train: TrainSpec) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
     """The recipe's optimizer over the trainable parameters (foreach, as CUDA uses by default)."""
     lr = learning_rate(train, built)
-    groups = parameter_groups(built, lr, train.backbone_lr_scale)
+    groups = parameter_groups(built, lr, train)
     if not groups:
         raise UserError("nothing trains in this run (no parameter requires grad)")
     decay, betas = weight_decay(train, built), built.task.recipe.betas
@@ -88,4 +96,5 @@ def recipe_protocol(train: TrainSpec, built: Built) -> dict[str, Any]:
     """The optimizer settings a training run used, for its result's protocol."""
     return {"optimizer": f"{'AdamW' if train.optimizer == 'adamw' else 'Adam'}(foreach=True)",
             "lr": learning_rate(train, built), "backbone_lr": learning_rate(train, built) * train.backbone_lr_scale,
+            "tower_backbone_lr": {t: learning_rate(train, built) * s for t, s in train.tower_lr_scales.items()},
             "weight_decay": weight_decay(train, built), "grad_clip": grad_clip(train, built)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -13,6 +14,12 @@ from ..launchers import LaunchSettings, get
 from .app import cli, out_option
 from .common import resolve_mode, run_with_progress, summarize, tracker_list
 from .launcher_options import launcher_options
+
+
+def gpu_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 @cli.command()
@@ -32,15 +39,29 @@ from .launcher_options import launcher_options
               type=click.Path(file_okay=False), help="Where training suites find datasets (env UNIPT_BENCH_DATA).")
 @click.option("--trackers", default=None,
               help="Comma-separated trackers to run (default: the suite's list, else all; see `list trackers`).")
+@click.option("--job", "job", type=click.Choice(["auto", "train", "profile"]), default="auto", show_default=True,
+              help="train: train with the suite's recipes on the data under --data-root; profile: a few steps on the "
+                   "configured shapes; auto: train where the data are there and a GPU is visible (or the suite is "
+                   "no paper suite), else profile.")
+@click.option("--configs", default=None, help="Comma-separated configuration names to run (default: all).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Training: stop after this many steps (recorded in the spec: a shortened run is a run of its own).")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Per-device batch instead of the suite's (recorded in the spec).")
+@click.option("--eval-every", type=click.IntRange(min=1), default=None,
+              help="Training: validate every this many steps (recorded in the spec).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Runs at once (default: every core in estimate mode, one per visible GPU in cuda mode, 1 in cpu mode).")
 @launcher_options
 def run(suite: str, mode: str, methods: str | None, out: str, force: bool, busy_threshold: str,
         memory_snapshot: bool, calibrate: bool, nvml_interval: float, data_root: str, trackers: str | None,
+        job: str, configs: str | None, max_steps: int | None, batch: int | None, eval_every: int | None,
         jobs: int | None, launch: LaunchSettings) -> None:
     """Profile every run of a suite and store one JSON result per run."""
     from ..atomic import check_writable_dir
+    from ..config import RunSpec
     from ..fit import parse_bytes
+    from ..jobs import Overrides, check_data, plan, select_configs
     from ..results import ResultStore
     from ..suite_file import load_suite, select_methods
 
@@ -56,14 +77,23 @@ def run(suite: str, mode: str, methods: str | None, out: str, force: bool, busy_
     launch.jobs = jobs
     get(launch)  # launcher options, its extra and its cluster checked before anything loads
     loaded = load_suite(suite)
-    mode, why = resolve_mode(mode, trains=any(s.train for s in loaded.specs))
-    specs = select_methods(loaded.with_mode(mode), methods)
+    if mode == "estimate":  # fake tensors hold no data: estimates profile
+        if job == "train":
+            raise UserError("--job train needs real tensors: use --mode cpu or cuda (or auto)")
+        job = "profile"
+    chosen = select_methods(select_configs(loaded.specs, configs, loaded.name), methods)
+    planned = plan(chosen, job, Path(data_root), gpu_visible(), Overrides(max_steps, batch, eval_every))
+    check_data(planned.specs, Path(data_root))
+    mode, why = resolve_mode(mode, trains=planned.trains)
+    specs = [RunSpec.from_dict({**s.to_dict(), "mode": mode}) for s in planned.specs]
     check_writable_dir(out, "--out")
     options["trackers"] = loaded.trackers if trackers is None else tracker_list(trackers)
     store = ResultStore(out)
     latest = store.latest(loaded.name)
     todo = [s for s in specs if force or not store.is_complete(s, latest)]
     click.echo(f"{loaded.name}: {len(specs)} runs in {why}")
+    for note in planned.notes:
+        click.echo(f"  {note}")
     if len(todo) < len(specs):
         click.echo(f"  {len(specs) - len(todo)} already done (same spec); --force runs them again")
     results = run_with_progress(todo, store, options, memory_snapshot, launch=launch)

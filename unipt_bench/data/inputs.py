@@ -2,6 +2,8 @@
 
 Each encoder pads to a fixed length or size, so a sample's tensors never depend on the rest of its
 batch: that keeps training deterministic and lets a side method's hidden states be cached per sample.
+Text may instead pad to the batch's longest (train.padding = "longest", as VSE-infinity does): a row's
+cache key then covers its padded width, so the cache stays exact.
 """
 
 from __future__ import annotations
@@ -47,13 +49,18 @@ class ImageTable:
 class TowerInputs:
     """Encodes a list of raw values for one tower: str (text), Path (image file), VideoClip or an array (regions)."""
 
-    def __init__(self, spec: TowerSpec, backbone: Backbone, weights: str) -> None:
+    def __init__(self, spec: TowerSpec, backbone: Backbone, weights: str, padding: str = "max_length",
+                 max_len: int = 0) -> None:
         shape = {**backbone.shape_defaults, **spec.shape}
         self.modality = backbone.modality
+        self.padding = padding
+        self.description = self.modality
         if self.modality == "text":
-            vocab = getattr(getattr(backbone, "config", None), "vocab_size", None) or backbone.vocab_size
-            self.tokenizer = tokenizer_for(weights, vocab)
-            self.length = shape["seq_len"]
+            config = getattr(backbone, "config", None)
+            vocab = getattr(config, "vocab_size", None) or backbone.vocab_size
+            self.tokenizer = tokenizer_for(weights, vocab, getattr(config, "model_type", None))
+            self.description = self.tokenizer.description
+            self.length = max_len or shape["seq_len"]  # truncation: the recipe's, else the profiled length
         elif self.modality == "image":
             self.images = ImageTable(shape["image_size"])
         elif self.modality == "video":  # values are VideoClips
@@ -67,7 +74,7 @@ class TowerInputs:
 
     def __call__(self, values: list[Any]) -> dict[str, torch.Tensor]:
         if self.modality == "text":
-            out = self.tokenizer(values, self.length)
+            out = self.tokenizer(values, self.length, self.padding)
             return {**out, "cache_keys": row_keys(out["input_ids"])}
         if self.modality == "image":
             raw = torch.stack([self.images(v) for v in values])  # uint8 [B, 3, S, S]
