@@ -168,7 +168,7 @@ def test_prediction_is_the_query_least_likely_to_be_no_object() -> None:
     torch.testing.assert_close(score, 1 - no_object[torch.arange(2), best])
 
 
-@pytest.mark.parametrize("method", ["full", "unipt"])
+@pytest.mark.parametrize("method", ["full", pytest.param("unipt", marks=pytest.mark.slow)])
 def test_estimate_and_cpu_profiles_agree_to_the_byte_with_the_matching(method: str) -> None:
     spec = RunSpec(suite="t", config="c", label=method, method=method, method_options={}, task="grounding",
                    task_options={"hidden_dim": 32}, towers=[TowerSpec("grounding", "tiny-mdetr")], batch=2, gpus=1,
