@@ -18,7 +18,7 @@ import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,11 @@ def launch(spec: RunSpec, options: Any, job: str, report: Callable[[dict[str, An
            ) -> dict[str, Any]:
     """Run `job` ("profile" or "train") of `spec` under torchrun; returns the merged output of its ranks."""
     check_devices(spec)
+    if spec.mode == "cuda":  # checked once, here: each rank would count the other ranks' contexts as busy
+        from .profile import check_gpu_idle
+
+        check_gpu_idle(options.busy_threshold)
+        options = replace(options, busy_threshold=None)
     with tempfile.TemporaryDirectory(prefix="unipt-ddp-") as tmp:
         folder = Path(tmp)
         write_atomic(folder / "job.json", json.dumps({"spec": spec.to_dict(), "options": asdict(options), "job": job}))
