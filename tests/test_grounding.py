@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -324,15 +321,14 @@ def test_a_tiny_mdetr_beats_the_centre_box_baseline(squares, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_the_command_line_trains_on_refcoco_end_to_end(small, tmp_path) -> None:
+def test_the_command_line_trains_on_refcoco_end_to_end(small, tmp_path, monkeypatch, capsys) -> None:
     suite = tmp_path / "tiny.toml"
     suite.write_text(SUITE.format(methods='"unipt"'))
     store = tmp_path / "store"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    run = subprocess.run([sys.executable, "-m", "unipt_bench.cli", "run", "--suite", str(suite), "--job", "train",
-                          "--max-steps", "4", "--batch", "4", "--data-root", str(small.parent), "--mode", "cpu",
-                          "--out", str(store)], capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stderr
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    code, _, err = invoke(["run", "--suite", str(suite), "--job", "train", "--max-steps", "4", "--batch", "4",
+                           "--data-root", str(small.parent), "--mode", "cpu", "--out", str(store)], monkeypatch, capsys)
+    assert code == 0, err
     (result,) = store.glob("tinyground/c/unipt.cpu.*.json")
     stored = json.loads(result.read_text())
     assert stored["status"] == "ok" and stored["spec"]["batch"] == 4
