@@ -133,6 +133,8 @@ def rank_main(folder: Path) -> int:
     job = json.loads((folder / "job.json").read_text(encoding="utf-8"))
     spec, options = RunSpec.from_dict(job["spec"]), RunOptions(**job["options"])
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if rank != 0:  # one allocator snapshot per run: rank 0's
+        options = replace(options, snapshot=None)
     cuda = spec.mode == "cuda"
     if cuda:
         torch.cuda.set_device(local)
