@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .atomic import atomic_file
+from .attention import configure_attention
 from .backbones import create_backbone, weights_source
 from .build import Built, build, module_owner, parameter_counts
 from .cache import HiddenCache
@@ -164,6 +165,9 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
     built = build(RunSpec.from_dict({**spec.to_dict(), "task_options": {**spec.task_options, **data.task_options()}}))
     device = torch.device("cuda" if spec.mode == "cuda" else "cpu")
     built.model.to(device)
+    # the configuration's attention kernel, as profiling traces it: on the CPU fused SDPA needs attention
+    # dropout off (otherwise the math path stores [B, H, N, N] probabilities no GPU kernel keeps)
+    attention = configure_attention(built.model, spec.attention, traced_on_cpu=spec.mode != "cuda")
     inputs = {t.name: TowerInputs(t, built.towers[t.name].backbone, weights_source(t.backbone, t.weights),
                                   train.padding, train.max_len) for t in spec.towers}
     caches = attach_caches(built, train)
@@ -285,7 +289,7 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
         "memory": memory,
         "timing": {"step_seconds": statistics.median(timed) if timed else None,
                    "train_seconds": train_seconds, "steps_timed": len(timed)},
-        "protocol": {**protocol(spec, built), **recipe_protocol(train, built), "train": train.options(),
+        "protocol": {**protocol(spec, built), **attention, **recipe_protocol(train, built), "train": train.options(),
                      "amp": None if not amp else train.amp},
         "metrics": {"test": tests[first], "splits": tests, "best": state["best"], "history": state["history"],
                     "baseline": data.baseline(first), "selection": selection, "data": data.describe(),

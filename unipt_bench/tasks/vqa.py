@@ -97,7 +97,7 @@ class VQA(Task):
     features: str = ""
     extractor: str = "resnet50x4_clip"  # timm name; CLIP-ViL: CLIP RN50x4 (scripts/train_side_vqa.sh:40)
     extractor_weights: str = "random"  # a checkpoint file timm loads; "random": untrained (results say so)
-    extractor_stage: int = -1  # which feature map (timm feature_info index); -1: the last (clip/model.py:212-214)
+    extractor_stage: int = bounded(-1, at_least=-5, at_most=4)  # timm feature_info index; -1: the last (clip/model.py:212-214)
     image_min: int = bounded(384, at_least=1)  # shorter image side (CLIP-ViL src/param.py:184)
     image_max: int = bounded(640, at_least=1)  # longer side cap and padded canvas (CLIP-ViL src/param.py:185)
 
