@@ -154,3 +154,29 @@ def test_killed_training_resumes_and_keeps_finished_results(tmp_path, precomp) -
 
     (result,) = [json.loads(p.read_text()) for p in out.glob("resume/c/lora.cpu.*.json")]
     assert result["status"] == "ok" and result["metrics"]["resumed_from_step"] >= saved_step
+
+
+@pytest.mark.parametrize("method", ["adapter", "unipt"])
+def test_the_training_peak_is_the_profile_at_the_peak_batch_shape(tmp_path, method) -> None:
+    """Captions padded to each batch's longest: the peak is at the longest batch, and equals (to the bytes of the
+    cache keys) the fake-tensor estimate of that shape, with the same attention kernel as profiling."""
+    from tests.datasets_flickr import write_flickr_precomp
+    from unipt_bench.profile import profile
+
+    data = write_flickr_precomp(tmp_path / "data" / "flickr30k", images=30, eval_images=5, regions=4, dim=16)
+    train = {"dataset": "flickr30k", "format": "precomp", "steps": 5, "eval_every": 5, "padding": "longest",
+             "max_len": 64, "cache": "off"}
+    towers = [TowerSpec("image", "tiny-regions", tuned=False), TowerSpec("text", "tiny-bert", shape={"seq_len": 64})]
+    out = run(tmp_path, spec(method, towers, train, batch=16), data.parent)
+    figures = out["memory"]["memtracker_real"]
+    where = figures["peak_at"]
+    assert where["phase"] in ("forward", "backward", "optimizer")
+    lengths = {int(shape.split("x")[1]) for shape in out["metrics"]["batch_shapes"]["text"]}
+    assert len(lengths) > 1 and where["shapes"]["text"] == [16, max(lengths)]
+    at_peak = [TowerSpec("image", "tiny-regions", tuned=False),
+               TowerSpec("text", "tiny-bert", shape={"seq_len": max(lengths)})]
+    estimate = profile(RunSpec.from_dict({**spec(method, at_peak, None, batch=16).to_dict(), "mode": "estimate"}),
+                       RunOptions())
+    expected = estimate["memory"]["memtracker_fake"]["peak_bytes"]
+    # the training batch also carries each tower's int64 cache keys (2 x 16 x 8 B) and a scalar or two
+    assert 0 <= figures["peak_bytes"] - expected <= 2 * 16 * 8 + 16
