@@ -170,3 +170,18 @@ def test_ranks_train_on_their_share_and_rank_0_alone_evaluates(one_process_group
     assert other["metrics"] is None
     assert len(other["memory"]["memtracker_real"]["step_peak_bytes"]) == 2  # both steps, tracked
     assert not (tmp_path / "other").exists()  # only rank 0 writes checkpoints
+
+
+def test_bucket_bytes_appear_in_the_rows_and_the_breakdown() -> None:
+    """The bucket category is a column of `results` (and a part of the report's stacked bars): the parts add up
+    to the peak."""
+    from unipt_bench.results import RunResult
+
+    spec = ddp_spec("estimate")
+    out = profile(spec)
+    result = RunResult(spec=spec.to_dict(), status="ok", digest=spec.digest(), started="", finished="",
+                       memory=out["memory"], params=out["params"])
+    row = result.row()
+    figures = out["memory"]["memtracker_fake"]
+    assert row["ddp_buckets_bytes"] == figures["by_category"][CATEGORY] > 0
+    assert sum(v for k, v in row.items() if k.endswith("_bytes") and k != "peak_bytes") == row["peak_bytes"]

@@ -10,7 +10,7 @@ from typing import Any
 
 from .atomic import atomic_file
 from .config import NAME_RE, RunSpec, check_name
-from .memory.base import CATEGORIES
+from .memory.base import REPORTED_CATEGORIES
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "oom", "not_applicable", "error", "interrupted")
@@ -121,7 +121,7 @@ class RunResult:
         row["peak_bytes"] = primary.get("peak_bytes")
         row["counter"] = primary.get("counter")
         categories = primary.get("by_category", {})
-        for cat in CATEGORIES:
+        for cat in REPORTED_CATEGORIES:
             row[f"{cat}_bytes"] = categories.get(cat)
         row["step_seconds"] = (self.timing or {}).get("step_seconds")
         metrics = self.metrics or {}

@@ -8,6 +8,9 @@ from typing import Any, Protocol
 TRAINING_PHASES = ("forward", "backward", "optimizer")  # the phases of a training step
 PHASES = (*TRAINING_PHASES, "evaluation")  # evaluation: forward passes without gradients, between or after steps
 CATEGORIES = ("params", "buffers", "grads", "activations", "temporaries", "optimizer_state", "inputs")
+# what only some runs allocate, reported beside the categories when present (data-parallel runs' gradient buckets)
+EXTRA_CATEGORIES = ("ddp_buckets",)
+REPORTED_CATEGORIES = (*CATEGORIES, *EXTRA_CATEGORIES)
 
 
 class Tracker(Protocol):

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 GIB = 2**30
 CATEGORY_COLORS = {
     "params": "#4e79a7", "buffers": "#a0cbe8", "grads": "#f28e2b", "optimizer_state": "#ffbe7d",
-    "activations": "#59a14f", "temporaries": "#8cd17d", "inputs": "#bab0ac",
+    "activations": "#59a14f", "temporaries": "#8cd17d", "inputs": "#bab0ac", "ddp_buckets": "#b07aa1",
 }
 OWNER_COLORS = {"backbone": "#4e79a7", "method": "#e15759", "head": "#f28e2b", "other": "#bab0ac"}
 

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..memory.base import CATEGORIES, PHASES
+from ..memory.base import CATEGORIES, PHASES, REPORTED_CATEGORIES
 from ..memory.estimate import OWNERS
 from ..results import RunResult
 from . import figures, headline, measured, training
@@ -297,7 +297,8 @@ def table_figures(view: TableView) -> dict[str, str]:
     labels = [r.label for r in ok]
     out = {}
     if all("by_category" in r.memory for r in ok):
-        parts = {c: [r.memory["by_category"].get(c, 0) for r in ok] for c in CATEGORIES}
+        present = [c for c in REPORTED_CATEGORIES if c in CATEGORIES or any(r.memory["by_category"].get(c) for r in ok)]
+        parts = {c: [r.memory["by_category"].get(c, 0) for r in ok] for c in present}
         out["breakdown"] = figures.stacked_bars(labels, parts, figures.CATEGORY_COLORS,
                                                 f"{view.config}: peak memory by category ({view.mode})")
     if all("by_owner" in r.memory for r in ok):
