@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from unipt_bench import launch
@@ -33,3 +35,13 @@ def test_cuda_lanes_each_see_their_own_gpu(monkeypatch) -> None:
     assert [envs[k]["CUDA_VISIBLE_DEVICES"] for k in (0, 1)] == ["3", "5"]
     assert launch.default_jobs("cuda") == 2 and launch.default_jobs("cpu") == 1
     assert launch.lane_env("estimate", 1) == {0: {}}
+
+
+def test_a_data_parallel_run_gets_a_lane_with_enough_gpus(monkeypatch) -> None:
+    monkeypatch.setattr(launch, "visible_gpus", lambda: ["0", "1", "2", "3", "4"])
+    runs = [SimpleNamespace(mode="cuda", gpus=2), SimpleNamespace(mode="cuda", gpus=1)]
+    per_run = launch.gpus_per_run(runs)
+    assert per_run == 2 and launch.default_jobs("cuda", per_run) == 2
+    envs = launch.lane_env("cuda", 2, per_run)
+    assert [envs[k]["CUDA_VISIBLE_DEVICES"] for k in (0, 1)] == ["0,1", "2,3"]
+    assert launch.lane_env("cuda", 3, 8)[2]["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4"  # too few: every lane sees all

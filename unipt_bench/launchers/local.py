@@ -17,9 +17,9 @@ def check(settings: LaunchSettings) -> None:
 
 
 def jobs_for(settings: LaunchSettings, specs: list[RunSpec]) -> int:
-    from ..launch import default_jobs
+    from ..launch import default_jobs, gpus_per_run
 
-    return settings.jobs or (default_jobs(specs[0].mode) if specs else 1)
+    return settings.jobs or (default_jobs(specs[0].mode, gpus_per_run(specs)) if specs else 1)
 
 
 def describe(settings: LaunchSettings, specs: list[RunSpec]) -> str:
@@ -28,13 +28,13 @@ def describe(settings: LaunchSettings, specs: list[RunSpec]) -> str:
 
 
 def launch(work: Work, specs: list[RunSpec], store: Any, settings: LaunchSettings, events: Events) -> list[str]:
-    from ..launch import lane_env
+    from ..launch import gpus_per_run, lane_env
     from ..runner import INTERRUPTED, Lane, serve_lanes
 
     if not specs:
         return []
     jobs = jobs_for(settings, specs)
-    envs = lane_env(specs[0].mode, jobs)
+    envs = lane_env(specs[0].mode, jobs, gpus_per_run(specs))
     lanes = [Lane(env=envs[k] if jobs > 1 else None) for k in range(jobs)]
     serve_lanes(specs, lanes, work.local, events.on_done, events.on_start,
                 interrupted=lambda spec: events.on_done(spec, events.lost(spec, "interrupted", INTERRUPTED)),
