@@ -140,6 +140,12 @@ def attach_caches(built: Built, train: TrainSpec) -> dict[str, HiddenCache]:
     return caches
 
 
+def use_cache(built: Built, caches: dict[str, HiddenCache], on: bool) -> None:
+    """Attach (or detach) each side-method tower's hidden-state cache."""
+    for name, cache in caches.items():
+        built.towers[name].module.cache = cache if on else None
+
+
 def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, Any]], None] = lambda info: None,
               wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None, rank: int = 0, world: int = 1
               ) -> dict[str, Any]:
@@ -244,6 +250,9 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
             rows = batch_rows(data.size("train"), spec.batch, step, spec.seed, rank, world)
             batch = to_device(data.batch("train", rows, inputs), device)
             tracked = tracking.before_step(step, batch)
+            # the hidden-state cache lives in host memory: on a GPU it never counts, on the CPU the tracker would
+            # count its rows as the step's memory, so a tracked cpu step runs the backbone as profiling does
+            use_cache(built, caches, not (tracked and spec.mode != "cuda"))
             if train.hardest_after > 0 and hasattr(task_state, "hardest_negatives"):
                 task_state.hardest_negatives = step >= hardest_from  # all negatives first (VSE warm-up)
             sync()
