@@ -70,6 +70,14 @@ def take(data: ImageTextData, images: int) -> ImageTextData:
     )
 
 
+@torch.no_grad()
+def encode_all(model: Any, tower: str, values: list[Any], inputs: dict[str, Any], batch_size: int,
+               device: Any) -> torch.Tensor:
+    """One tower's embeddings of every value, `batch_size` at a time, on the CPU: [len(values), E]."""
+    chunks = [values[i : i + batch_size] for i in range(0, len(values), batch_size)]
+    return torch.cat([model.encode(tower, to_device(inputs[tower](c), device)).float().cpu() for c in chunks])
+
+
 class RetrievalData:
     selection = "rsum"
 
@@ -110,13 +118,9 @@ class RetrievalData:
     def evaluate(self, model: Any, split: str, inputs: dict[str, Any], batch_size: int, device: Any) -> dict[str, float]:
         data = self.splits[split]
         (text,), (image,) = self.text, self.image
-
-        def encode(name: str, values: list[Any]) -> torch.Tensor:
-            chunks = [values[i : i + batch_size] for i in range(0, len(values), batch_size)]
-            return torch.cat([model.encode(name, to_device(inputs[name](c), device)).float().cpu() for c in chunks])
-
-        images = encode(image, self.image_values(data, list(range(data.num_images))))  # [I, E]
-        captions = encode(text, data.captions)  # [T, E]
+        images = encode_all(model, image, self.image_values(data, list(range(data.num_images))), inputs, batch_size,
+                            device)  # [I, E]
+        captions = encode_all(model, text, data.captions, inputs, batch_size, device)  # [T, E]
         similarity = images @ captions.t()
         caption_image = torch.tensor(data.caption_image)
         metrics = retrieval_metrics(similarity, caption_image)

@@ -34,7 +34,7 @@ from ..data.video_datasets import (
 )
 from ..errors import UserError
 from .metrics import KS, video_retrieval_metrics
-from .vqa_data import to_device
+from .retrieval_data import encode_all
 
 DATASETS = ("msrvtt", "msvd")
 CACHE_ENV = "UNIPT_BENCH_FRAME_CACHE"
@@ -122,13 +122,9 @@ class VideoRetrievalData:
     def evaluate(self, model: Any, split: str, inputs: dict[str, Any], batch_size: int, device: Any) -> dict[str, float]:
         data = self.splits[split]
         (text,), (video,) = self.text, self.video
-
-        def encode(name: str, values: list[Any]) -> torch.Tensor:
-            chunks = [values[i : i + batch_size] for i in range(0, len(values), batch_size)]
-            return torch.cat([model.encode(name, to_device(inputs[name](c), device)).float().cpu() for c in chunks])
-
-        videos = encode(video, self.clips(data, list(range(data.num_videos))))  # [V, E]
-        captions = encode(text, data.captions)  # [T, E]
+        videos = encode_all(model, video, self.clips(data, list(range(data.num_videos))), inputs, batch_size,
+                            device)  # [V, E]
+        captions = encode_all(model, text, data.captions, inputs, batch_size, device)  # [T, E]
         return video_retrieval_metrics(captions @ videos.t(), torch.tensor(data.caption_video))
 
     def baseline(self, split: str) -> dict[str, float]:
