@@ -86,7 +86,10 @@ task_options = { embed_dim = 32, pooling = "mean", hardest_negatives = false }
 [[configs]]
 name = "c"
 batch = 12
-towers = [{ name = "image", backbone = "tiny-regions", tuned = false }, { name = "text", backbone = "tiny-bert", seq_len = 8 }]
+towers = [
+    { name = "image", backbone = "tiny-regions", tuned = false },
+    { name = "text", backbone = "tiny-bert", seq_len = 8 },
+]
 train = { dataset = "flickr30k", format = "precomp", steps = 100, eval_every = 10 }
 methods = ["lora"]
 """
@@ -147,3 +150,12 @@ def test_a_launcher_without_its_extra_is_one_line_naming_it(launcher, module, ex
     assert exit_info.value.code == 2 and len(err) == 1
     assert err[0].startswith("error: ") and f'pip install -e ".[{extra}]"' in err[0]
     assert not list(tmp_path.rglob("*.json"))  # nothing ran
+
+
+def test_slurm_time_limits_and_sbatch_options_read_as_slurm_writes_them() -> None:
+    from unipt_bench.launchers.slurm import minutes, sbatch_args
+
+    assert [minutes(t) for t in ("90", "45:30", "1:30:00", "2-00", "1-02:03", "0-00:00:30")] == [90, 46, 90, 2880,
+                                                                                                  1563, 1]
+    assert sbatch_args(("account=abc", "qos=high", "mem-per-gpu=40G")) == {"account": "abc", "qos": "high",
+                                                                          "mem-per-gpu": "40G"}

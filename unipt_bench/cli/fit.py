@@ -63,9 +63,10 @@ def fit(suite: str, budget: str, mode: str, methods: str | None, limit: int, out
     work = Work(kind="fit", local=lambda lane, spec: fit_outcome(spec, budget_bytes, limit, Prober(lane)),
                 remote=lambda spec: (fit_in_worker, (spec.to_dict(), budget_bytes, limit)),
                 tag=lambda spec: f"{spec.digest()}:{budget_bytes}:{limit}")
+    events = Events(on_start=lambda spec: None, on_done=done,
+                    lost=lambda spec, status, message: {"error": f"{status}: {message}"})
     try:
-        pending = launcher.launch(work, specs, store, launch,
-                                  Events(lambda spec: None, done, lambda spec, status, msg: {"error": f"{status}: {msg}"}))
+        pending = launcher.launch(work, specs, store, launch, events)
     except KeyboardInterrupt:
         click.echo("interrupted: fits finished so far are kept", err=True)
         sys.exit(130)

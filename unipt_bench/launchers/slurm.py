@@ -31,6 +31,7 @@ POLL_SECONDS = {"slurm": 15.0, "local": 0.5}  # how often --wait looks at the jo
 WAITING = {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "COMPLETING", "CONFIGURING", "UNKNOWN", ""}
 STOPPED = ("CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")  # -> interrupted
 SLURM_KEY = re.compile(r"^[a-z][a-z0-9_-]*$")
+EXCEPTION_LINE = re.compile(r"^\w[\w.]*(Error|Exception|Interrupt)\b")  # the last line of a job's traceback
 
 
 def minutes(text: str) -> int:
@@ -118,12 +119,12 @@ def outcome(job: Any, cluster: str) -> tuple[str, Any]:
         try:
             return "done", job.result()
         except Exception as exc:  # noqa: BLE001  (the job's own failure, with its traceback in its log)
-            lines = [ln.strip() for ln in str(exc).splitlines() if re.match(r"^\w[\w.]*(Error|Exception|Interrupt)\b", ln.strip())]
-            return "error", f"the Slurm job {job.job_id} failed: {lines[-1] if lines else type(exc).__name__}"
+            raised = [ln.strip() for ln in str(exc).splitlines() if EXCEPTION_LINE.match(ln.strip())]
+            return "error", f"the Slurm job {job.job_id} failed: {raised[-1] if raised else type(exc).__name__}"
     if state in WAITING:
         return "waiting", state or "PENDING"
     if state.startswith(STOPPED) or state == "INTERRUPTED":
-        return "interrupted", f"the Slurm job {job.job_id} ended without a result ({state}); the same command runs it again"
+        return "interrupted", f"the Slurm job {job.job_id} ended without a result ({state}); running again resumes it"
     return "error", f"the Slurm job {job.job_id} ended without a result ({state}); see its log in {job.paths.folder}"
 
 
