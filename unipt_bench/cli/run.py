@@ -45,7 +45,8 @@ def gpu_visible() -> bool:
                    "no paper suite), else profile.")
 @click.option("--configs", default=None, help="Comma-separated configuration names to run (default: all).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
-              help="Training: at most this many steps, the schedule fitted to them (recorded in the spec: a shortened run is a run of its own).")
+              help="Training: at most this many steps, the schedule fitted to them (recorded in the spec: a "
+                   "shortened run is a run of its own).")
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Per-device batch instead of the suite's (recorded in the spec).")
 @click.option("--eval-every", type=click.IntRange(min=1), default=None,
