@@ -15,7 +15,6 @@ from unipt_bench.report.leaderboard import leaderboard_rows
 from unipt_bench.report.measured import measured_columns
 from unipt_bench.report.paper import TABLES
 from unipt_bench.report.render import render_leaderboard, render_report
-from unipt_bench.report.runs import current_results
 from unipt_bench.report.views import table_views
 from unipt_bench.results import ResultStore, RunResult
 
@@ -123,7 +122,7 @@ def row_of(html: str, label: str) -> str:
 
 
 def test_the_store_keeps_training_and_profile_results_of_one_run_apart(store) -> None:
-    found = current_results(store, SUITE)
+    found = list(store.latest(SUITE).values())
     kinds = sorted((r.spec["label"], bool(r.spec.get("train")), bool(r.spec.get("overrides"))) for r in found)
     assert len(found) == 4 + 4 + 1 + 2  # full training, profiles (the newer unipt), the oom, shortened
     assert kinds.count(("unipt", False, False)) == 1 and kinds.count(("unipt", True, False)) == 1
@@ -133,7 +132,7 @@ def test_the_store_keeps_training_and_profile_results_of_one_run_apart(store) ->
 
 
 def test_training_table_has_measured_columns_beside_the_papers(store) -> None:
-    views = table_views(current_results(store, SUITE), with_figures=False)
+    views = table_views(list(store.latest(SUITE).values()), with_figures=False)
     assert [(v.anchor, v.job) for v in views] == [
         ("t5-bert-cpu-train", "train"), ("t5-bert-cpu-train-short-batch8-max_steps4", "train"),
         ("t5-bert-estimate", "profile")]
@@ -141,7 +140,7 @@ def test_training_table_has_measured_columns_beside_the_papers(store) -> None:
     assert [(c.label, c.paper) for c in full.measured] == [
         ("i2t R@1", "T-I"), ("i2t R@5", None), ("i2t R@10", None), ("t2i R@1", "I-T"), ("t2i R@5", None),
         ("t2i R@10", None), ("Rsum", "Rsum")]
-    html = render_report(SUITE, current_results(store, SUITE), "results", with_figures=False)
+    html = render_report(SUITE, list(store.latest(SUITE).values()), "results", with_figures=False)
     table = section(html, "t5-bert-cpu-train")
     header = re.findall(r"<th[^>]*>([^<]*)</th>", table[:table.index("</thead>")])
     assert header[header.index("i2t R@1"):header.index("chance") + 1] == [
@@ -161,14 +160,14 @@ def test_training_table_has_measured_columns_beside_the_papers(store) -> None:
 
 
 def test_each_table_opens_with_its_headline(store) -> None:
-    views = {v.anchor: v for v in table_views(current_results(store, SUITE), with_figures=False)}
+    views = {v.anchor: v for v in table_views(list(store.latest(SUITE).values()), with_figures=False)}
     assert views["t5-bert-cpu-train"].headline == (
         "On the measured accuracy-memory front (test rsum vs training peak): unipt at 0.40x adapter's memory "
         "(paper: 0.35x), rsum 140.00 (paper Rsum: 510.5); adapter at 1.00x (paper: 1.00x), rsum 150.00 "
         "(paper Rsum: 511.3).")
     assert views["t5-bert-estimate"].headline == (
         "unipt has the lowest peak, 0.40x adapter's memory (paper: 0.35x); adapter the highest, 1.00x (paper: 1.00x).")
-    html = render_report(SUITE, current_results(store, SUITE), "results", with_figures=False)
+    html = render_report(SUITE, list(store.latest(SUITE).values()), "results", with_figures=False)
     for anchor, view in views.items():
         table = section(html, anchor)
         assert table.index('<p class="headline">') < table.index("<table"), anchor
@@ -176,7 +175,7 @@ def test_each_table_opens_with_its_headline(store) -> None:
 
 
 def test_shortened_runs_have_their_own_table_and_badge(store) -> None:
-    html = render_report(SUITE, current_results(store, SUITE), "results", with_figures=False)
+    html = render_report(SUITE, list(store.latest(SUITE).values()), "results", with_figures=False)
     short = section(html, "t5-bert-cpu-train-short-batch8-max_steps4")
     assert '<span class="badge shortened">shortened: batch 8, max_steps 4</span>' in short
     assert "never with the suite's own recipe" in short
@@ -187,7 +186,7 @@ def test_shortened_runs_have_their_own_table_and_badge(store) -> None:
 
 
 def test_training_details_batch_shapes_weights_and_gaps(store) -> None:
-    html = render_report(SUITE, current_results(store, SUITE), "results", with_figures=False)
+    html = render_report(SUITE, list(store.latest(SUITE).values()), "results", with_figures=False)
     details = section(html, "t5-bert-cpu-train")
     details = details[details.index('<table class="training">'):]
     lst = row_of(details, "lst")
@@ -199,7 +198,7 @@ def test_training_details_batch_shapes_weights_and_gaps(store) -> None:
 
 
 def test_tradeoff_figures_plot_measured_values_with_the_papers_as_a_second_series(store) -> None:
-    views = table_views(current_results(store, SUITE))
+    views = table_views(list(store.latest(SUITE).values()))
     full = views[0]
     assert set(full.figures) >= {"tradeoff_memory", "tradeoff_params"}
     svg = full.figures["tradeoff_memory"]
@@ -215,7 +214,7 @@ def test_tradeoff_figures_plot_measured_values_with_the_papers_as_a_second_serie
 
 
 def test_the_leaderboard_ranks_by_measured_accuracy(store, tmp_path) -> None:
-    rows = leaderboard_rows(current_results(store, SUITE))
+    rows = leaderboard_rows(list(store.latest(SUITE).values()))
     ranked = [(r["method"], r["rank"], r["anchor"]) for r in rows if r["job"] == "train"]
     assert ranked == [
         ("adapter", 1, "t5-bert-cpu-train"), ("unipt", 2, "t5-bert-cpu-train"), ("bitfit", 3, "t5-bert-cpu-train"),
@@ -238,7 +237,7 @@ def test_the_leaderboard_ranks_by_measured_accuracy(store, tmp_path) -> None:
 
 def test_report_with_measured_columns_opens_in_chromium(store, tmp_path) -> None:
     needs_chromium()
-    html = render_report(SUITE, current_results(store, SUITE), "results")
+    html = render_report(SUITE, list(store.latest(SUITE).values()), "results")
     probe = ("<script>var th = document.querySelector('table.results thead th');"
              "var td = document.querySelector('table.results tbody td');"
              "document.body.dataset.sticky = getComputedStyle(th).position + ',' + getComputedStyle(td).position;"
@@ -256,7 +255,7 @@ def test_report_with_measured_columns_opens_in_chromium(store, tmp_path) -> None
 
 
 def test_a_profile_only_report_keeps_its_view(store) -> None:
-    profiles = [r for r in current_results(store, SUITE) if not r.spec.get("train")]
+    profiles = [r for r in list(store.latest(SUITE).values()) if not r.spec.get("train")]
     html = render_report(SUITE, profiles, "results", with_figures=False)
     assert 'data-job="train"' not in html and "training peak" not in html and 'class="measured"' not in html
     assert '<table class="training">' not in html and "Not in the reference code" not in html
@@ -309,14 +308,14 @@ def test_report_and_leaderboard_commands_show_training_and_profile_results(store
     done = CliRunner().invoke(cli, ["report", "--suite", SUITE, "--results", str(store.root),
                                     "--out", str(tmp_path / "r.html")])
     assert done.exit_code == 0, done.output
-    assert f"({len(current_results(store, SUITE))} results)" in done.output
+    assert f"({len(list(store.latest(SUITE).values()))} results)" in done.output
     html = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert {'id="t5-bert-cpu-train"', 'id="t5-bert-estimate"', 'id="t5-bert-cpu-train-short-batch8-max_steps4"'} <= \
         set(re.findall(r'id="t5-bert[^"]*"', html))
     done = CliRunner().invoke(cli, ["leaderboard", "--results", str(store.root), "--out-dir", str(tmp_path / "site")])
     assert done.exit_code == 0, done.output
     index = (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
-    assert index.count("<tr>") == 1 + len(current_results(store, SUITE))  # the header and a row per result
+    assert index.count("<tr>") == 1 + len(list(store.latest(SUITE).values()))  # the header and a row per result
     assert (tmp_path / "site" / f"{SUITE}.html").read_text(encoding="utf-8").count('<table class="results">') == 3
 
 

@@ -21,7 +21,6 @@ def leaderboard(results_dir: str, out_dir: str) -> None:
     from ..atomic import check_writable_dir, write_atomic
     from ..report.leaderboard import leaderboard_rows
     from ..report.render import render_leaderboard, render_report, suite_description
-    from ..report.runs import current_results
     from ..results import ResultStore
 
     check_writable_dir(out_dir, "--out-dir")
@@ -31,7 +30,7 @@ def leaderboard(results_dir: str, out_dir: str) -> None:
         raise UserError(f"no results in {results_dir}; run a suite first: unipt-bench run --suite quickstart")
     rows = []
     for name in suites:
-        found = sorted(current_results(store, name), key=lambda r: r.display_order)
+        found = sorted(list(store.latest(name).values()), key=lambda r: r.display_order)
         if not found:
             continue
         write_atomic(Path(out_dir) / f"{name}.html", render_report(name, found, results_dir, suite_description(found)))

@@ -21,14 +21,13 @@ def report(suite: str, results_dir: str, out_file: str | None) -> None:
     """Render one self-contained HTML report of a suite's stored results."""
     from ..atomic import check_writable_file, write_atomic
     from ..report.render import render_report, suite_description
-    from ..report.runs import current_results
     from ..results import ResultStore
 
     name = suite_name(suite)
     path = Path(out_file or f"reports/{name}.html")
     check_writable_file(path, "--out")
     store = ResultStore(results_dir)
-    found = current_results(store, name)
+    found = list(store.latest(name).values())
     if not found:
         raise UserError(f"no results for suite {name!r} in {results_dir}{skipped_note(store)}; "
                         f"run: unipt-bench run --suite {suite}")

@@ -1,8 +1,7 @@
 """What kind of run a stored result is (training or profile; full recipe or shortened by command-line
-overrides), and the newest result of each kind that a report shows.
-
-A training result and a profile result of the same configuration, label and mode coexist in one store, as do a
-shortened run and a full one: a report shows each (in separate tables), never one in place of the other.
+overrides). A training result and a profile result of the same configuration, label and mode coexist in one
+store, as do a shortened run and a full one (their run keys differ: `RunSpec.key`), and a report shows each in
+separate tables, never one in place of the other.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import json
 import re
 from typing import Any
 
-from ..results import ResultStore, RunResult
+from ..results import RunResult
 
 
 def job_of(result: RunResult) -> str:
@@ -41,12 +40,3 @@ def kind_key(result: RunResult) -> str:
     """Results of one kind may be compared with each other: same job, same overrides."""
     return json.dumps([job_of(result), overrides_of(result)], sort_keys=True)
 
-
-def current_results(store: ResultStore, suite: str) -> list[RunResult]:
-    """The newest result per run key (config/label/mode) and kind, in no particular order."""
-    newest: dict[tuple[str, str], RunResult] = {}
-    for _, result in store.all(suite):
-        key = (result.key, kind_key(result))
-        if key not in newest or result.finished >= newest[key].finished:
-            newest[key] = result
-    return list(newest.values())
