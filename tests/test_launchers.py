@@ -159,3 +159,155 @@ def test_slurm_time_limits_and_sbatch_options_read_as_slurm_writes_them() -> Non
                                                                                                   1563, 1]
     assert sbatch_args(("account=abc", "qos=high", "mem-per-gpu=40G")) == {"account": "abc", "qos": "high",
                                                                           "mem-per-gpu": "40G"}
+
+
+def quick_work(kind: str = "run"):
+    """Work whose job returns its run key at once: the Slurm launcher's bookkeeping without a run."""
+    from unipt_bench.launchers import Work
+
+    return Work(kind=kind, local=None, remote=lambda spec: (dict, ([("key", spec.key)],)), tag=lambda spec: "t")
+
+
+def slurm_launch(specs, store, wait, work=None) -> tuple[dict, list]:
+    """The Slurm launcher on `specs`; returns {run key: outcome} of the runs it collected and the pending lines."""
+    from unipt_bench.launchers import Events, slurm
+
+    outcomes: dict = {}
+    events = Events(on_start=lambda spec: None, on_done=lambda spec, out: outcomes.__setitem__(spec.key, out),
+                    lost=lambda spec, status, message: {"status": status, "message": message})
+    pending = slurm.launch(work or quick_work(), specs, store, LaunchSettings("slurm", wait=wait), events)
+    return outcomes, pending
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch) -> Path:
+    """sbatch, srun and sacct on PATH that submit nothing: sbatch keeps a copy of the batch script it is given."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scripts = {"sbatch": f'#!/bin/sh\ncp "$1" {tmp_path}/batch.sh\necho "Submitted batch job 4242"\n',
+               "srun": "#!/bin/sh\nexit 0\n", "sacct": "#!/bin/sh\nexit 0\n"}
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv(CLUSTER_ENV, raising=False)
+    return tmp_path / "batch.sh"
+
+
+def test_sbatch_options_reach_the_batch_script_and_control_characters_are_refused(fake_slurm, tmp_path,
+                                                                                  monkeypatch, capsys) -> None:
+    pytest.importorskip("submitit")
+    from unipt_bench.launchers import slurm
+
+    settings = LaunchSettings("slurm", partition="gpu", slurm_args=("account=abc", "qos=high"))
+    slurm.check(settings)
+    specs = smoke_specs()[:1]
+    from unipt_bench.launchers import Events
+
+    events = Events(lambda spec: None, lambda spec, out: None, lambda spec, status, message: {})
+    pending = slurm.launch(quick_work(), specs, ResultStore(tmp_path / "out"), settings, events)
+    lines = fake_slurm.read_text().splitlines()
+    assert {"#SBATCH --account=abc", "#SBATCH --qos=high", "#SBATCH --partition=gpu", "#SBATCH --time=240"} <= set(
+        lines) and len(pending) == 1
+    fake_slurm.unlink()
+    from unipt_bench.errors import UserError
+
+    for bad in (LaunchSettings("slurm", slurm_args=("account=abc\r",)), LaunchSettings("slurm", slurm_args=(
+            "account\n=abc",)), LaunchSettings("slurm", partition="gpu\n#SBATCH --time=1")):
+        with pytest.raises(UserError, match="^--(slurm-arg|partition) "):
+            slurm.check(bad)
+    monkeypatch.setattr(sys, "argv", ["unipt-bench", "run", "--suite", "smoke", "--mode", "estimate", "--methods",
+                                      "lora", "--launcher", "slurm", "--slurm-arg", "account=abc\ntouch X #",
+                                      "--out", str(tmp_path / "cli")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: --slurm-arg account")
+    assert not fake_slurm.exists() and not (tmp_path / "cli").exists()  # nothing submitted
+
+
+@pytest.mark.parametrize("missing", ["sbatch", "srun"])
+def test_slurm_without_sbatch_or_srun_is_one_line(missing, fake_slurm, tmp_path, monkeypatch, capsys) -> None:
+    pytest.importorskip("submitit")
+    (fake_slurm.parent / "bin" / missing).unlink()
+    monkeypatch.setenv("PATH", str(fake_slurm.parent / "bin"))
+    monkeypatch.setattr(sys, "argv", ["unipt-bench", "run", "--suite", "smoke", "--mode", "estimate", "--methods",
+                                      "lora", "--launcher", "slurm", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and f"{missing} is not on PATH" in err[0]
+
+
+@pytest.mark.parametrize("content", [
+    '{"schema": 1, "jobs": {"a/b/estimate": {"job_id": {"nested": ["x"]}, "tag": "t", "cluster": "slurm"}}}',
+    '{"schema": 1, "jobs": ["a/b/estimate"]}',
+    '{"schema": 1, "jobs": {"a/b/estimate": {"job_id": "12; rm -rf ~", "tag": "t", "cluster": "slurm"}}}',
+    '{"schema": 1, "jobs": {"a/b/estimate": {"job_id": 12, "tag": "t", "cluster": "slurm"}}}',
+    '{"schema": 1, "jobs": {"a/b/estimate": {"job_id": "12", "tag": "t", "cluster": "lsf"}}}',
+    '{"schema": 1, "jobs": {"a/b/estimate": "12"}}',
+    '[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]', "[" * 100_000, "",
+])
+def test_a_corrupt_slurm_job_list_is_one_line(content, tmp_path) -> None:
+    from unipt_bench.errors import UserError
+    from unipt_bench.launchers.slurm_state import JobState
+
+    path = tmp_path / "runs.json"
+    path.write_text(content)
+    with pytest.raises(UserError) as error:
+        JobState(path, tmp_path / "jobs", "run")
+    assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
+    assert path.read_text() == content  # left as it was
+
+
+def wait_for_results(folder: Path, count: int) -> None:
+    deadline = time.time() + 120
+    while len(list(folder.glob("*_result.pkl"))) < count:
+        assert time.time() < deadline, "the local jobs wrote no results in time"
+        time.sleep(0.2)
+
+
+def test_a_deleted_slurm_job_list_is_rebuilt_and_finished_jobs_are_collected_not_run_again(tmp_path,
+                                                                                        monkeypatch) -> None:
+    pytest.importorskip("submitit")
+    monkeypatch.setenv(CLUSTER_ENV, "local")
+    specs, store = smoke_specs()[:2], ResultStore(tmp_path)
+    outcomes, pending = slurm_launch(specs, store, wait=False)
+    jobs = tmp_path / "_slurm" / "smoke" / "jobs"
+    assert outcomes == {} and len(pending) == 2
+    wait_for_results(jobs, 2)
+    (tmp_path / "_slurm" / "smoke" / "runs.json").unlink()  # as an error message once suggested
+    outcomes, pending = slurm_launch(specs, store, wait=True)
+    assert outcomes == {spec.key: {"key": spec.key} for spec in specs} and pending == []
+    assert len(list(jobs.glob("*_submitted.pkl"))) == 2  # none submitted again
+    assert not list(jobs.glob("*.run.json"))  # collected: nothing left to rebuild from
+
+
+def test_a_local_job_id_that_is_another_process_is_no_running_job(tmp_path, monkeypatch) -> None:
+    """A pid now held by a process other than submitit's controller (here: this one) is a lost job, not pending."""
+    pytest.importorskip("submitit")
+    monkeypatch.setenv(CLUSTER_ENV, "local")
+    (spec,), store = smoke_specs()[:1], ResultStore(tmp_path)
+    state = tmp_path / "_slurm" / "smoke" / "runs.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"schema": 1, "jobs": {spec.key: {"job_id": str(os.getpid()), "tag": "t",
+                                                                  "cluster": "local"}}}))
+    outcomes, pending = slurm_launch([spec], store, wait=False)
+    assert pending == [] and outcomes[spec.key]["status"] == "interrupted"
+
+
+def test_a_job_result_that_is_not_plain_data_is_refused_unread(tmp_path, monkeypatch) -> None:
+    """The driver reads submitit's result pickles as plain data: one that names a class or function is refused."""
+    import pickle
+
+    pytest.importorskip("submitit")
+    monkeypatch.setenv(CLUSTER_ENV, "local")
+    (spec,), store = smoke_specs()[:1], ResultStore(tmp_path)
+    jobs = tmp_path / "_slurm" / "smoke" / "jobs"
+    jobs.mkdir(parents=True)
+    (tmp_path / "_slurm" / "smoke" / "runs.json").write_text(json.dumps(
+        {"schema": 1, "jobs": {spec.key: {"job_id": "999999999", "tag": "t", "cluster": "local"}}}))
+    (jobs / "999999999_0_result.pkl").write_bytes(pickle.dumps(("success", {"path": Path("x")})))
+    outcomes, pending = slurm_launch([spec], store, wait=False)
+    assert pending == [] and outcomes[spec.key]["status"] == "error"
+    assert "refused as a submitit result" in outcomes[spec.key]["message"]

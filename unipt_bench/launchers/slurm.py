@@ -2,15 +2,16 @@
 on its next call.
 
 Submitted job ids are kept in a small state file under the store (`_slurm/<suite>/<kind>s.json`, written
-atomically): the next `run` with the same options writes the results of finished jobs, reports the ones
+atomically, rebuilt from per-job notes when lost: `slurm_state`): the next `run` with the same options writes the results of finished jobs, reports the ones
 still pending and submits only runs that have neither a final result nor a job. A cancelled, timed-out or
 preempted job becomes an `interrupted` result, a failed one an `error`. The store (which holds submitit's
-job folder) must be on a filesystem the compute nodes share, as submitit requires.
+job folder) must be on a filesystem the compute nodes share, as submitit requires. A job's result is
+submitit's pickle, read with the plain-data unpickler: a result that names any class or function is refused.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import os
 import re
 import shutil
@@ -20,17 +21,19 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_atomic
 from ..config import RunSpec
+from ..data.safe_pickle import PlainUnpickler
 from ..errors import UserError
 from ..runner import INTERRUPTED
 from . import Events, LaunchSettings, Work, in_worker, need
+from .slurm_state import JobState
 
 DEFAULT_TIME = "4:00:00"  # submitit's own default is 5 minutes: too short for most runs
 POLL_SECONDS = {"slurm": 15.0, "local": 0.5}  # how often --wait looks at the jobs (sacct is not free)
 WAITING = {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "COMPLETING", "CONFIGURING", "UNKNOWN", ""}
 STOPPED = ("CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")  # -> interrupted
-SLURM_KEY = re.compile(r"^[a-z][a-z0-9_-]*$")
+SLURM_KEY = re.compile(r"[a-z][a-z0-9_-]*")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # a newline would end an #SBATCH line and start a shell command
 EXCEPTION_LINE = re.compile(r"^\w[\w.]*(Error|Exception|Interrupt)\b")  # the last line of a job's traceback
 
 
@@ -56,18 +59,31 @@ def sbatch_args(pairs: tuple[str, ...]) -> dict[str, str]:
     found = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not SLURM_KEY.match(key) or not value:
+        if not sep or not SLURM_KEY.fullmatch(key) or not value:
             raise UserError(f"--slurm-arg {pair!r}: expected key=value with an sbatch option as key, e.g. account=abc")
+        no_control(f"--slurm-arg {key}", value)
         found[key] = value
     return found
+
+
+def no_control(option: str, value: str) -> None:
+    """Values go into the batch script as `#SBATCH --key=value` lines: control characters are refused."""
+    if CONTROL.search(value):
+        raise UserError(f"{option} {value!r}: control characters (newlines, tabs, ...) are not allowed in an "
+                        "sbatch option")
 
 
 def check(settings: LaunchSettings) -> None:
     need("submitit", "slurm")
     minutes(settings.time or DEFAULT_TIME)
     sbatch_args(settings.slurm_args)
-    if settings.cluster == "slurm" and shutil.which("sbatch") is None:
-        raise UserError("--launcher slurm: sbatch is not on PATH; run the command where Slurm jobs can be submitted")
+    if settings.partition is not None:
+        no_control("--partition", settings.partition)
+    if settings.cluster == "slurm":
+        for command in ("sbatch", "srun"):  # srun runs each job's task inside its allocation
+            if shutil.which(command) is None:
+                raise UserError(f"--launcher slurm: {command} is not on PATH; run the command where Slurm jobs can "
+                                "be submitted")
 
 
 def describe(settings: LaunchSettings, specs: list[RunSpec]) -> str:
@@ -77,33 +93,34 @@ def describe(settings: LaunchSettings, specs: list[RunSpec]) -> str:
     return f"one Slurm job per run on {where}" + ("" if settings.wait else "; collect with the same command")
 
 
-class JobState:
-    """{run key: {"job_id", "tag", "cluster"}} of submitted jobs not yet collected, in one atomic file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.jobs: dict[str, dict[str, str]] = {}
-        if path.is_file():
-            try:
-                self.jobs = dict(json.loads(path.read_text(encoding="utf-8"))["jobs"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise UserError(f"{path}: unreadable Slurm job list ({exc}); delete it to submit again") from None
-
-    def save(self) -> None:
-        write_atomic(self.path, json.dumps({"schema": 1, "jobs": self.jobs}, indent=2, sort_keys=True))
-
-
 def reconnect(submitit: Any, folder: Path, job_id: str, cluster: str) -> Any:
     job_class = submitit.SlurmJob if cluster == "slurm" else submitit.LocalJob
     return job_class(folder=folder, job_id=job_id)
 
 
-def alive(pid: int) -> bool:
-    """Whether a local job's controller process still runs (not a zombie)."""
+def alive(pid: int, folder: Path) -> bool:
+    """Whether a local job's controller still runs: the process `pid` is alive (not a zombie) and is submitit's
+    local controller for `folder` (a pid the system has since given to another process is not)."""
+    proc = Path(f"/proc/{pid}")
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        running = (proc / "stat").read_text().split(")")[-1].split()[0] != "Z"
+        argv = (proc / "cmdline").read_bytes().split(b"\0")
     except (OSError, IndexError):
         return False
+    return running and b"submitit.local._local" in argv and os.fsencode(folder) in argv
+
+
+def read_result(path: Path) -> tuple[str, Any]:
+    """submitit's result pickle, ("success", the work's dict) or ("error", the job's traceback), read as plain
+    data; anything else (a pickle naming code, another structure) is refused with a UserError."""
+    try:
+        value = PlainUnpickler(io.BytesIO(path.read_bytes())).load()
+    except Exception as exc:  # noqa: BLE001  (a refused global, a truncated or foreign file: one line)
+        raise UserError(f"{path}: refused as a submitit result ({type(exc).__name__}: {exc})") from None
+    if not (isinstance(value, tuple) and len(value) == 2 and value[0] in ("success", "error")
+            and isinstance(value[1], dict if value[0] == "success" else str)):
+        raise UserError(f"{path}: refused as a submitit result (not (\"success\", dict) or (\"error\", text))")
+    return value
 
 
 def outcome(job: Any, cluster: str) -> tuple[str, Any]:
@@ -114,13 +131,16 @@ def outcome(job: Any, cluster: str) -> tuple[str, Any]:
     else:
         state = job.get_info()["jobState"]
         if state == "NO PROCESS AND NO RESULT":  # submitted by an earlier command
-            state = "RUNNING" if alive(int(job.job_id)) else "INTERRUPTED"
+            state = "RUNNING" if alive(int(job.job_id), job.paths.folder) else "INTERRUPTED"
     if job.paths.result_pickle.exists():
         try:
-            return "done", job.result()
-        except Exception as exc:  # noqa: BLE001  (the job's own failure, with its traceback in its log)
-            raised = [ln.strip() for ln in str(exc).splitlines() if EXCEPTION_LINE.match(ln.strip())]
-            return "error", f"the Slurm job {job.job_id} failed: {raised[-1] if raised else type(exc).__name__}"
+            kind, value = read_result(job.paths.result_pickle)
+        except UserError as exc:
+            return "error", str(exc)
+        if kind == "success":
+            return "done", value
+        raised = [ln.strip() for ln in value.splitlines() if EXCEPTION_LINE.match(ln.strip())]  # its traceback
+        return "error", f"the Slurm job {job.job_id} failed: {raised[-1] if raised else 'see its log'}"
     if state in WAITING:
         return "waiting", state or "PENDING"
     if state.startswith(STOPPED) or state == "INTERRUPTED":
@@ -145,7 +165,7 @@ def launch(work: Work, specs: list[RunSpec], store: Any, settings: LaunchSetting
     cluster = settings.cluster
     base = Path(store.root) / "_slurm" / specs[0].suite
     folder = base / "jobs"
-    state = JobState(base / f"{work.kind}s.json")
+    state = JobState(base / f"{work.kind}s.json", folder, work.kind)
     jobs: dict[str, tuple[RunSpec, Any]] = {}  # run key -> (spec, submitit job)
     submit: list[RunSpec] = []
     for spec in specs:
@@ -175,7 +195,7 @@ def launch(work: Work, specs: list[RunSpec], store: Any, settings: LaunchSetting
             raise UserError(f"--launcher slurm: submitting {len(group)} jobs failed: {first}") from None
         for spec, job in zip(group, submitted, strict=True):
             jobs[spec.key] = spec, job
-            state.jobs[spec.key] = {"job_id": str(job.job_id), "tag": work.tag(spec), "cluster": cluster}
+            state.add(spec.key, {"job_id": str(job.job_id), "tag": work.tag(spec), "cluster": cluster})
             events.on_start(spec)
         state.save()
 
@@ -191,7 +211,7 @@ def launch(work: Work, specs: list[RunSpec], store: Any, settings: LaunchSetting
                     continue
                 events.on_done(spec, payload if status == "done" else events.lost(spec, status, payload))
                 del jobs[key]
-                state.jobs.pop(key, None)
+                state.collected(key)
                 state.save()
             if not jobs or not settings.wait:
                 break
@@ -200,7 +220,7 @@ def launch(work: Work, specs: list[RunSpec], store: Any, settings: LaunchSetting
         for key, (spec, job) in jobs.items():
             cancel(job, cluster)
             events.on_done(spec, events.lost(spec, "interrupted", INTERRUPTED))
-            state.jobs.pop(key, None)
+            state.collected(key)
         state.save()
         raise
     return [f"{key}: job {job.job_id} {waiting[key].lower()}" for key, (_, job) in jobs.items()]
