@@ -476,3 +476,16 @@ def test_every_recipe_value_cites_the_reference_or_is_listed_as_missing(suite) -
     (spec,) = [s for s in load_suite(suite).specs if s.label == "unipt"]
     assert spec.train["select_on"] == "t2v_r1" and spec.batch * spec.gpus == 128
     assert {t.name: t.shape for t in spec.towers} == {"video": {"frames": 12, "image_size": 224}, "text": {"seq_len": 32}}
+
+
+@pytest.mark.parametrize("shared", ["word list", "long string"])
+def test_captions_that_share_one_value_by_reference_are_bounded_by_what_they_expand_to(tmp_path, shared) -> None:
+    """A few-MiB pickle whose million captions are references to one value of 100,000 words (or characters)."""
+    value = [f"w{k}" for k in range(100_000)] if shared == "word list" else "x" * 1_000_000
+    entries = [value] * 1000  # one list of references, shared by every video below
+    path = tmp_path / "raw-captions.pkl"
+    path.write_bytes(pickle.dumps({f"video{k}": entries for k in range(1000)}))
+    assert path.stat().st_size < 4 << 20
+    with pytest.raises(UserError) as exc:
+        load_captions(path)
+    assert one_line(exc).startswith(f"{path}: the captions expand to more than ")

@@ -5,6 +5,10 @@ downloaded pickle is never unpickled that way here. `PlainUnpickler` refuses eve
 through which the pickle machine reaches any class or function (GLOBAL, STACK_GLOBAL, INST, OBJ and the
 extension registry's EXT codes all go through it), raises. What remains are the opcodes that build plain
 values: dict, list, tuple, set, frozenset, str, bytes, int, float, bool and None.
+
+A small pickle can still stand for a huge value: MEMO references let a million captions share one list
+of words, which joining them would expand a million times. So the words and characters of the captions
+are counted while they are checked, before any is joined, and a file past MAX_WORDS or MAX_CHARS is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from ..errors import UserError
 from .files import expect
 
 MAX_BYTES = 1 << 30  # a captions file is tens of MB; a larger file is refused before it is read
+# MSVD's some 80,000 captions hold well under a million words and a few million characters:
+MAX_WORDS = 1 << 22  # words (a string caption counts one) in all captions, shared lists counted at each use
+MAX_CHARS = 1 << 26  # characters of all captions once joined
 
 
 class RefusedGlobal(pickle.UnpicklingError):
@@ -59,6 +66,7 @@ def load_captions(path: Path) -> dict[str, list[str]]:
     expect(isinstance(data, dict), path, f"expected {what}, got a {type(data).__name__}")
     expect(data, path, f"no videos; expected {what}")
     captions: dict[str, list[str]] = {}
+    words = chars = 0
     for video, entries in data.items():
         where = f"entry {video!r}"
         expect(isinstance(video, str), path, f"{where}: video ids must be strings, got a {type(video).__name__}")
@@ -67,12 +75,18 @@ def load_captions(path: Path) -> dict[str, list[str]]:
         expect(entries, path, f"{where} has no captions")
         texts = []
         for k, caption in enumerate(entries):
+            words += len(caption) if isinstance(caption, list | tuple) else 1
+            expect(words <= MAX_WORDS, path, f"the captions expand to more than {MAX_WORDS:,} words (lists shared "
+                   "by reference are counted at each use); refused")
             if isinstance(caption, list | tuple):
                 bad = next((w for w in caption if not isinstance(w, str)), None)
                 expect(bad is None, path, f"{where}[{k}]: words must be strings, got a {type(bad).__name__}")
-                caption = " ".join(caption)
-            expect(isinstance(caption, str), path,
-                   f"{where}[{k}] must be a string or a list of word strings, got a {type(caption).__name__}")
-            texts.append(caption)
+                chars += sum(map(len, caption)) + len(caption)  # the words and the spaces that join them
+            else:
+                expect(isinstance(caption, str), path,
+                       f"{where}[{k}] must be a string or a list of word strings, got a {type(caption).__name__}")
+                chars += len(caption)
+            expect(chars <= MAX_CHARS, path, f"the captions expand to more than {MAX_CHARS:,} characters; refused")
+            texts.append(caption if isinstance(caption, str) else " ".join(caption))
         captions[video] = texts
     return captions
