@@ -2,6 +2,7 @@
 
 This is the runner's pool (`runner.serve_lanes`): estimate runs of a lane share one child, cpu and cuda runs
 each get a fresh one; with several lanes, each lane's children see their own GPU and a share of the cores.
+The children, and whatever they start, die with the command even when it is killed (`reaper`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 from ..config import RunSpec
 from . import Events, LaunchSettings, Work
+from .reaper import guard
 
 
 def check(settings: LaunchSettings) -> None:
@@ -36,7 +38,8 @@ def launch(work: Work, specs: list[RunSpec], store: Any, settings: LaunchSetting
     jobs = jobs_for(settings, specs)
     envs = lane_env(specs[0].mode, jobs, gpus_per_run(specs))
     lanes = [Lane(env=envs[k] if jobs > 1 else None) for k in range(jobs)]
-    serve_lanes(specs, lanes, work.local, events.on_done, events.on_start,
-                interrupted=lambda spec: events.on_done(spec, events.lost(spec, "interrupted", INTERRUPTED)),
-                crashed=lambda spec, exc: events.lost(spec, "error", f"{type(exc).__name__}: {exc}"))
+    with guard():  # the lanes' children die with the command, even when it is killed
+        serve_lanes(specs, lanes, work.local, events.on_done, events.on_start,
+                    interrupted=lambda spec: events.on_done(spec, events.lost(spec, "interrupted", INTERRUPTED)),
+                    crashed=lambda spec, exc: events.lost(spec, "error", f"{type(exc).__name__}: {exc}"))
     return []

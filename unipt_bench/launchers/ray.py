@@ -4,7 +4,8 @@ Each task runs in a Ray worker process of its own (`max_calls=1`: the worker exi
 memory state carries over, as with the local lanes); a task that dies is not retried (`max_retries=0`) but
 recorded `interrupted`, and the same command run again resumes it. Outcomes come back to the driver,
 which writes the store, so workers need no shared filesystem; training checkpoints do (--checkpoint-dir).
-Without --ray-address, a local Ray is started for the command and stopped after it.
+Without --ray-address, a local Ray is started for the command and stopped after it, or with it when the
+command is killed (`reaper`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from contextlib import nullcontext
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import RunSpec
 from ..errors import UserError
 from . import Events, LaunchSettings, Work, in_worker, need
+from .reaper import guard
 
 REACH_SECONDS = 3.0  # an unreachable head fails in seconds, not after Ray's own minutes of retries
 POLL_SECONDS = 0.5  # how long the driver waits for an outcome before looking for Ctrl-C again
@@ -91,12 +94,20 @@ def lost_status(exc: Exception) -> tuple[str, str]:
 
 
 def launch(work: Work, specs: list[RunSpec], store: Any, settings: LaunchSettings, events: Events) -> list[str]:
+    if not specs:
+        return []
+    import ray
+
+    local = not ray.is_initialized() and not head(settings)  # a Ray this command starts (not one it joins)
+    with guard() if local else nullcontext():  # ... dies with the command, even when it is killed
+        return run_tasks(work, specs, settings, events)
+
+
+def run_tasks(work: Work, specs: list[RunSpec], settings: LaunchSettings, events: Events) -> list[str]:
     import ray
 
     from ..runner import INTERRUPTED
 
-    if not specs:
-        return []
     started = connect(settings)
     task = ray.remote(max_calls=1)(in_worker)
     refs: dict[Any, RunSpec] = {}
