@@ -1,7 +1,8 @@
 """`kill -9` of the command leaves nothing running: not the child training a run, nor a local Ray it started.
 
 Each test starts `unipt-bench run` with a marker in its environment, which every process it starts inherits,
-kills it with SIGKILL while its runs are under way, and looks for processes still holding the marker.
+kills it with SIGKILL while its runs are under way, and looks for processes still holding the marker or
+still running among those that were below the command when it was killed.
 """
 
 from __future__ import annotations
@@ -16,25 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from unipt_bench.launchers.reaper import descendants, marked, start_time
+
 from .datasets import write_precomp
 from .test_launchers import TRAIN_SUITE
 
 CHECKPOINT_EVERY_STEP = TRAIN_SUITE.replace("eval_every = 10", "eval_every = 1")  # under way after one step
 
 GRACE_SECONDS = 2.0  # the reaper needs milliseconds; an orphan trains on for seconds
-
-
-def marked(mark: bytes) -> list[int]:
-    """Processes whose start-time environment holds `mark`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if mark in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def titles(pids: list[int]) -> list[str]:
@@ -57,20 +47,27 @@ def kill_during(args: list[str], under_way, tmp_path: Path, limit: float = 240) 
     with open(tmp_path / "driver.log", "w") as log:
         driver = subprocess.Popen([sys.executable, "-m", "unipt_bench.cli", *args], env=env, stdout=log,
                                   stderr=subprocess.STDOUT)
+    below: dict[int, int | None] = {}  # the processes below the command when it is killed, with their start times
+
+    def left() -> list[int]:
+        return sorted(marked(mark.encode()) | {pid for pid, t in below.items() if t and start_time(pid) == t})
+
     try:
         deadline = time.time() + limit
         while not under_way(titles(marked(mark.encode()))):
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-2000:]
             assert time.time() < deadline, "the runs never got under way"
             time.sleep(0.1)
+        below.update({pid: start_time(pid) for pid in descendants(driver.pid)})
         driver.send_signal(signal.SIGKILL)
         driver.wait()
         end = time.time() + GRACE_SECONDS
-        while marked(mark.encode()) and time.time() < end:
+        while left() and time.time() < end:
             time.sleep(0.1)
-        return titles(marked(mark.encode()))
+        return titles(left())
     finally:
-        for pid in marked(mark.encode()):  # the test leaves nothing behind either way
+        driver.kill()
+        for pid in left():  # the test leaves nothing behind either way
             os.kill(pid, signal.SIGKILL)
 
 

@@ -32,9 +32,11 @@ LOOK_SECONDS = 1.0  # how often the reaper notes the command's processes while i
 
 
 def start_time(pid: int) -> int | None:
-    """A process's start time (clock ticks since boot): with the pid, it names one process, never a later one."""
+    """A running process's start time (clock ticks since boot), which with the pid names one process, never a
+    later one; None when none runs (a zombie has ended: its parent has not yet read its exit status)."""
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return None if fields[0] == "Z" else int(fields[19])
     except (OSError, IndexError, ValueError):
         return None
 
