@@ -18,6 +18,7 @@ from ..atomic import write_atomic
 from ..errors import UserError
 
 SCHEMA = 1
+MAX_BYTES = 64 << 20  # a job list holds a few hundred bytes per job
 CLUSTERS = ("slurm", "local")
 JOB_ID = {"slurm": re.compile(r"\d+(_\d+)?"), "local": re.compile(r"\d+")}  # Slurm (array) job id; local: a pid
 
@@ -49,6 +50,8 @@ class JobState:
             return UserError(f"{self.path}: not a Slurm job list ({reason}); delete it and the next call rebuilds "
                              f"it from the job notes in {self.folder}")
 
+        if not self.path.is_file() or self.path.stat().st_size > MAX_BYTES:  # a FIFO would hang, a device not end
+            raise bad(f"not a regular file of at most {MAX_BYTES >> 20} MiB")
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError) as exc:
