@@ -299,6 +299,23 @@ def test_a_local_job_id_that_is_another_process_is_no_running_job(tmp_path, monk
     assert pending == [] and outcomes[spec.key]["status"] == "interrupted"
 
 
+def test_a_local_job_controller_is_known_by_its_folder(tmp_path) -> None:
+    import subprocess
+
+    from unipt_bench.launchers.slurm import alive
+
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit.local._local",
+                                 str(folder)])  # the argument list of submitit's local controller
+    try:
+        assert alive(stand_in.pid, tmp_path / "." / "jobs") and not alive(stand_in.pid, tmp_path)
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    assert not alive(stand_in.pid, folder)
+
+
 def test_a_job_result_that_is_not_plain_data_is_refused_unread(tmp_path, monkeypatch) -> None:
     """The driver reads submitit's result pickles as plain data: one that names a class or function is refused."""
     import pickle

@@ -104,10 +104,11 @@ def alive(pid: int, folder: Path) -> bool:
     proc = Path(f"/proc/{pid}")
     try:
         running = (proc / "stat").read_text().split(")")[-1].split()[0] != "Z"
-        argv = (proc / "cmdline").read_bytes().split(b"\0")
+        argv = [os.fsdecode(arg) for arg in (proc / "cmdline").read_bytes().split(b"\0") if arg]
     except (OSError, IndexError):
         return False
-    return running and b"submitit.local._local" in argv and os.fsencode(folder) in argv
+    # python -m submitit.local._local <folder>
+    return running and "submitit.local._local" in argv and Path(argv[-1]).resolve() == folder.resolve()
 
 
 def read_result(path: Path) -> tuple[str, Any]:
