@@ -98,8 +98,8 @@ def launch(work: Work, specs: list[RunSpec], store: Any, settings: LaunchSetting
         return []
     import ray
 
-    local = not ray.is_initialized() and not head(settings)  # a Ray this command starts (not one it joins)
-    with guard() if local else nullcontext():  # ... dies with the command, even when it is killed
+    starts_ray = not ray.is_initialized() and not head(settings)  # not a cluster it joins
+    with guard() if starts_ray else nullcontext():  # the local Ray dies with the command, even when killed
         return run_tasks(work, specs, settings, events)
 
 
