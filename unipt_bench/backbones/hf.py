@@ -47,13 +47,6 @@ ARCHITECTURE_FIELDS = (
     "max_position_embeddings", "type_vocab_size", "image_size", "patch_size", "num_channels", "hidden_act",
     "hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "dropout", "projection_dim",
 )
-# config entries that describe a checkpoint's provenance or defaults for outputs, not its architecture
-METADATA_FIELDS = {
-    "_name_or_path", "architectures", "transformers_version", "torch_dtype", "dtype", "id2label", "label2id",
-    "_commit_hash", "_attn_implementation_autoset", "return_dict", "output_hidden_states", "output_attentions",
-    "use_cache", "problem_type", "finetuning_task", "tokenizer_class", "task_specific_params",
-    "gradient_checkpointing",
-}
 
 
 def read_config(config_cls: type[PretrainedConfig], source: str, what: str = "load weights") -> PretrainedConfig:
@@ -69,11 +62,6 @@ def architecture_differences(expected: PretrainedConfig, found: PretrainedConfig
     """'field: expected -> found' for every architecture field on which two configs disagree."""
     return [f"{name}: {getattr(expected, name, None)!r} -> {getattr(found, name, None)!r}"
             for name in ARCHITECTURE_FIELDS if getattr(expected, name, None) != getattr(found, name, None)]
-
-
-def architecture_of(config: PretrainedConfig) -> dict[str, object]:
-    """The config without provenance metadata: what a spec's digest covers for a checkpoint's architecture."""
-    return {k: v for k, v in config.to_dict().items() if k not in METADATA_FIELDS}
 
 
 def load_hf_model(
