@@ -178,7 +178,7 @@ class Grounding(Task):
 
         return missing(spec, data_root)
 
-    def load_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> Any:
+    def read_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> Any:
         from .grounding_data import GroundingData
 
         return GroundingData(spec, data_root, seed, modalities)
