@@ -18,7 +18,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from ..errors import UserError
-from .base import AttentionFunctions, Backbone, BackboneOutput, padded_mask
+from .base import AttentionFunctions, Backbone, BackboneOutput, padded_mask, transformer_bias_count
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,7 @@ class HFEncoder(Backbone):
     """A transformer encoder from transformers; hidden states h_0..h_L come from `output_hidden_states`."""
 
     kind: ClassVar[str] = "transformer"
+    adapter_on_maps = False
 
     def __init__(self, model: PreTrainedModel, layout: HFLayout, native_side_layer: bool = True) -> None:
         super().__init__()
@@ -171,6 +172,9 @@ class HFEncoder(Backbone):
                 parent_path, _, leaf = path.rpartition(".")
                 sites.append((get_path(layer, parent_path) if parent_path else layer, leaf, self.width))
         return sites
+
+    def bias_count(self) -> int:
+        return transformer_bias_count(self)
 
     def lora_targets(self) -> tuple[nn.Module, list[str]]:
         """The module peft injects into (the transformers model itself) and the leaf names it targets."""
