@@ -77,3 +77,39 @@ def test_loaded_data_is_checked_against_the_task_data_contract(tmp_path) -> None
     task.data = type("Full", (PartialData,), {"selection": "accuracy", "size": lambda self, split: 10,
                                               "verify": lambda self: None})()
     assert task.load_data(None, tmp_path, 0, {}) is task.data and missing_data_members(task.data) == []
+
+
+def covering_pairs() -> list[tuple[str, str]]:
+    """Few (method, tiny backbone) pairs that take every method and every tiny backbone (that some method applies
+    to) at least once: each method on the first backbone it applies to that no earlier pair took, then each
+    backbone still left with the first method that applies to it. Every pair costs two profiles."""
+    from unipt_bench.backbones import BACKBONES, create_backbone
+    from unipt_bench.methods import METHODS, create_method
+
+    tiny = [n for n in BACKBONES.names() if BACKBONES.get(n).tiny]
+    backbones = {name: create_backbone(name) for name in tiny}
+    applies = {(m, b): not create_method(m).refusal(backbones[b]) for m in METHODS.names() for b in tiny}
+    pairs: list[tuple[str, str]] = []
+    for method in METHODS.names():
+        usable = [b for b in tiny if applies[method, b]]
+        fresh = [b for b in usable if b not in {taken for _, taken in pairs}]
+        pairs.append((method, (fresh or usable)[0]))
+    for backbone in tiny:
+        methods = [m for m in METHODS.names() if applies[m, backbone]]
+        if methods and backbone not in {taken for _, taken in pairs}:
+            pairs.append((methods[0], backbone))
+    return pairs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "backbone"), covering_pairs())
+def test_estimate_equals_cpu_for_every_method_and_every_tiny_backbone(method: str, backbone: str) -> None:
+    """Fake tensors and real CPU tensors agree byte for byte: peak, every category, every phase, parameter counts
+    (one step of batch 2, each backbone at its tiny default shape)."""
+    from unipt_bench.config import RunSpec
+
+    from .conftest import make_spec
+    from .helpers import assert_estimate_equals_cpu
+
+    spec = make_spec(method, backbone=backbone, batch=2)
+    assert_estimate_equals_cpu(RunSpec.from_dict({**spec.to_dict(), "steps": 1}))
