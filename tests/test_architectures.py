@@ -107,17 +107,17 @@ def test_unipt_single_anchor_form_keeps_the_frozen_embedding_plus_a_residual() -
     torch.testing.assert_close(tower(inputs).last[:, 0], frozen.hidden[-1][torch.arange(3), index])
 
 
-def test_giou_loss_matches_torchvision() -> None:
+def test_generalized_iou_loss_matches_torchvision() -> None:
     from torchvision.ops import generalized_box_iou_loss
 
-    from unipt_bench.tasks.grounding import giou_loss
+    from unipt_bench.tasks.boxes import generalized_iou
 
     torch.manual_seed(0)
     lo = torch.rand(16, 2) * 0.5
     a = torch.cat([lo, lo + torch.rand(16, 2) * 0.5], dim=1)
     lo = torch.rand(16, 2) * 0.5
     b = torch.cat([lo, lo + torch.rand(16, 2) * 0.5], dim=1)
-    torch.testing.assert_close(giou_loss(a, b), generalized_box_iou_loss(a, b, reduction="mean"))
+    torch.testing.assert_close((1 - generalized_iou(a, b)).mean(), generalized_box_iou_loss(a, b, reduction="mean"))
 
 
 def test_vqa_loss_is_bce_times_answers_against_soft_scores() -> None:

@@ -5,20 +5,34 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unipt_bench.backbones import BACKBONES, create_backbone
+from unipt_bench.backbones import BACKBONES, base, create_backbone
 from unipt_bench.backbones.bert import minilm_path
 from unipt_bench.errors import UserError
 
 TINY = [n for n in BACKBONES.names() if BACKBONES.get(n).tiny]
+# the capability protocols methods ask for (backbones/base.py), each with the members that make it up
+CAPABILITIES = {cap: sorted({*cap.__annotations__, *(n for n in vars(cap) if not n.startswith("_"))})
+                for cap in vars(base).values() if getattr(cap, "_is_runtime_protocol", False)}
 
 
 @pytest.mark.parametrize("name", BACKBONES.names())
 def test_every_variant_builds_on_meta_without_weights(name: str) -> None:
+    """A family states what it is and, for each capability whose methods it defines, every member of it (one
+    missing would make every method needing the capability refuse the family)."""
     with torch.device("meta"):
         bb = create_backbone(name)
-    assert bb.kind in {"transformer", "joint", "encdec", "cnn", "features", "rnn"}
+    assert isinstance(bb.kind, str) and bb.kind and isinstance(bb.modality, str) and bb.modality
     assert bb.width == bb.hidden_sizes[-1]
     assert bb.shape_defaults
+    for capability, members in CAPABILITIES.items():
+        if any(hasattr(bb, m) for m in members if callable(getattr(capability, m, None))):
+            missing = [m for m in members if not hasattr(bb, m)]
+            assert not missing, f"{name} offers part of {capability.__name__} but not {missing}"
+
+
+def test_the_capabilities_are_found() -> None:
+    assert {"AdapterSites", "Biases", "Blocks", "LoraTargets"} <= {c.__name__ for c in CAPABILITIES}
+    assert CAPABILITIES[base.AdapterSites] == ["adapter_on_maps", "adapter_sites"]
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -57,6 +57,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
         "baseline-str-metric.json": {"schema": 1, "suite": "tiny",
                                      "entries": {"c/unipt/estimate": {**good_entry, "metrics": {"peak_bytes": "1k"}}}},
         "baseline-list.json": [1, 2],
+        "baseline-good.json": {"schema": 1, "suite": "tiny", "entries": {"c/unipt/estimate": good_entry}},
     }
     for name, data in baselines.items():
         (root / name).write_text(json.dumps(data))
@@ -160,10 +161,10 @@ CASES = {
                                      "--out", "{store}"],
     "gate: GITHUB_STEP_SUMMARY under a file": ["gate", "--suite", "{suite}", "--baseline", "{root}/baseline-5.json",
                                                "--out", "{store}", "env:GITHUB_STEP_SUMMARY={root}/a-file/s.md"],
-    "gate: --metric unknown": ["gate", "--suite", "{suite}", "--baseline", "{root}/baseline-5.json",
-                               "--metric", "speed", "--out", "{store}"],
-    "gate: --configs unknown": ["gate", "--suite", "{suite}", "--baseline", "{root}/baseline-5.json",
-                                "--configs", "nosuch", "--out", "{store}"],
+    "gate: --metric unknown": ["gate", "--suite", "{suite}", "--baseline", "{root}/baseline-good.json",
+                               "--metric", "speed", "--out", "{store}", "--no-run"],
+    "gate: --configs unknown": ["gate", "--suite", "{suite}", "--baseline", "{root}/baseline-good.json",
+                                "--configs", "nosuch", "--out", "{store}", "--no-run"],
     # fit
     "fit: --limit 0": ["fit", "--suite", "{suite}", "--budget", "1GiB", "--limit", "0", "--out", "{store}"],
     "fit: --limit -5": ["fit", "--suite", "{suite}", "--budget", "1GiB", "--limit", "-5", "--out", "{store}"],
@@ -192,6 +193,13 @@ CASES = {
     "fit: --jobs 0": ["fit", "--suite", "{suite}", "--budget", "1GiB", "--jobs", "0", "--out", "{store}"],
     "fit: --ray-address unreachable": ["fit", "--suite", "{suite}", "--budget", "1GiB", "--launcher", "ray",
                                        "--ray-address", "127.0.0.1:9", "--out", "{store}"],
+}
+
+
+# cases whose one line must also name what is wrong (their other inputs are valid, so no other error can answer)
+MESSAGES = {
+    "gate: --metric unknown": "error: --metric: unknown speed (known: ",
+    "gate: --configs unknown": "error: --configs: nosuch not in tiny",
 }
 
 
@@ -229,6 +237,14 @@ def test_bad_input_is_one_line_exit_2_and_changes_no_result(case, world, monkeyp
     assert code == 2, f"exit {code}; stderr: {err}"
     assert "Traceback" not in err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert len(lines) == 1 and lines[0].startswith(MESSAGES.get(case, "error: ")), err
     after = {p: p.read_bytes() for p in sorted(world["store"].rglob("*")) if p.is_file()}
     assert after == before
+
+
+def test_the_valid_baseline_passes_the_gate(world, monkeypatch, capsys) -> None:
+    """So the --metric and --configs cases fail for their option alone, never for their baseline."""
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    code, out, err = invoke(["gate", "--suite", str(world["suite"]), "--baseline", f"{world['root']}/baseline-good.json",
+                             "--out", str(world["store"]), "--no-run"], monkeypatch, capsys)
+    assert code == 0, err

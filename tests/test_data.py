@@ -10,7 +10,7 @@ import torch
 
 from unipt_bench.config import TrainSpec
 from unipt_bench.data.retrieval import load_karpathy, load_precomp
-from unipt_bench.data.vqa import answer_vocabulary, load_easy_vqa, load_gqa, load_vqav2
+from unipt_bench.data.vqa import counted_vocabulary, load_easy_vqa, load_gqa, load_vqav2
 from unipt_bench.errors import UserError
 from unipt_bench.tasks.vqa_data import VQAData, soft_targets
 
@@ -65,7 +65,7 @@ def test_vqav2_questions_annotations_and_soft_scores(tmp_path) -> None:
     data = load_vqav2(root, "train")
     assert len(data.questions) == 12 and len(data.answers[0]) == 10
     assert data.image_paths[0].name == "COCO_train2014_000000000001.jpg"
-    vocab = {a: i for i, a in enumerate(answer_vocabulary(data))}
+    vocab = {a: i for i, a in enumerate(sorted({a for answers in data.answers for a in answers}))}
     target = soft_targets(data.answers[0], vocab)  # 8 x "red", 2 x "gray"
     assert target[vocab["red"]] == 1.0 and target[vocab["gray"]] == pytest.approx(2 / 3)
     assert target.sum() == pytest.approx(1 + 2 / 3)
@@ -90,7 +90,7 @@ def test_missing_or_malformed_vqa_files_are_clear(tmp_path) -> None:
 def test_easy_vqa_is_the_real_dataset() -> None:
     train, test = load_easy_vqa("train"), load_easy_vqa("test")
     assert (len(train.questions), len(test.questions)) == (38575, 9673)
-    assert len(answer_vocabulary(train)) == 13
+    assert len(counted_vocabulary(train.labels, 1)) == 13
     assert all(p.is_file() for p in test.image_paths[:10])
 
 

@@ -145,10 +145,23 @@ def test_suite_ddp_table_is_recorded_as_written(tmp_path) -> None:
 
 
 def test_rows_are_dealt_out_as_distributed_sampler_does() -> None:
-    for step in (0, 3, 7):  # 7: the second epoch (3 steps of 2 x 4 rows in 25)
-        ranks = [batch_rows(25, 4, step, seed=1, rank=r, world=2) for r in range(2)]
-        together = batch_rows(25, 8, step, seed=1)
-        assert ranks == [together[0::2], together[1::2]]
+    """Each rank's rows at each step are those torch's DistributedSampler (shuffled, drop_last) gives that rank,
+    batched as a DataLoader batches them. batch_rows seeds epoch e's permutation with seed x 100003 + e: the
+    sampler's own seed + epoch with its seed set to seed x 100003."""
+    from torch.utils.data import DistributedSampler
+
+    size, batch, world, seed = 25, 4, 2, 1
+    per_epoch = size // (batch * world)  # 3 steps of 2 x 4 rows
+    for step in (0, 2, 3, 7):  # 3 and 7: the second and third epochs
+        epoch, offset = divmod(step, per_epoch)
+        for rank in range(world):
+            sampler = DistributedSampler(range(size), num_replicas=world, rank=rank, shuffle=True,
+                                         seed=seed * 100_003, drop_last=True)
+            sampler.set_epoch(epoch)
+            expected = list(sampler)[offset * batch:(offset + 1) * batch]
+            assert batch_rows(size, batch, step, seed, rank, world) == expected, (step, rank)
+        together = batch_rows(size, batch * world, step, seed)  # and the ranks together make one big batch
+        assert [batch_rows(size, batch, step, seed, r, world) for r in range(world)] == [together[0::2], together[1::2]]
 
 
 def test_ranks_train_on_their_share_and_rank_0_alone_evaluates(one_process_group, tmp_path) -> None:

@@ -7,8 +7,9 @@ from types import SimpleNamespace
 import pytest
 
 from unipt_bench import launch
+from unipt_bench.launchers import LaunchSettings
 from unipt_bench.results import ResultStore
-from unipt_bench.runner import run_specs
+from unipt_bench.runner import launch_runs
 from unipt_bench.suite_file import load_suite
 
 RUNS = {"bert/unipt", "bert/lora", "cnn/lora", "vit-clip/adapter"}
@@ -22,9 +23,9 @@ def figures(store: ResultStore) -> dict:
 def test_two_lanes_store_the_same_figures_as_one(tmp_path) -> None:
     specs = [s for s in load_suite("smoke").with_mode("estimate") if f"{s.config}/{s.label}" in RUNS]
     one, two = ResultStore(tmp_path / "one"), ResultStore(tmp_path / "two")
-    run_specs(specs, one)
+    launch_runs(specs, one, settings=LaunchSettings("local", jobs=1))
     started = []
-    results = run_specs(specs, two, jobs=2, on_start=started.append)
+    results, _ = launch_runs(specs, two, settings=LaunchSettings("local", jobs=2), on_start=started.append)
     assert sorted(s.key for s in started) == sorted(s.key for s in specs) and len(results) == len(specs)
     assert figures(two) == figures(one) and len(figures(one)) == len(RUNS)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -21,13 +22,14 @@ E = 16  # task embedding width used in these tests
 @pytest.mark.parametrize("backbone", TINY)
 @pytest.mark.parametrize("method", METHODS.names())
 def test_trainable_count_matches_the_methods_closed_form(method: str, backbone: str) -> None:
-    """Registry-wide: every method on every tiny backbone either refuses the backbone's kind, or leaves
-    trainable exactly what its own closed form states. A new method or backbone is covered as registered;
-    a method that states no closed form fails here."""
+    """Registry-wide: every method on every tiny backbone either refuses it with its reason (a missing design
+    or capability), or leaves trainable exactly what its own closed form states. A new method or backbone is
+    covered as registered; a method (or a backbone family) that states no closed form fails here."""
     bb = create_backbone(backbone)
     tuned = create_method(method)
-    if tuned.refusal(bb):
-        with pytest.raises(NotApplicable):
+    reason = tuned.refusal(bb)
+    if reason:
+        with pytest.raises(NotApplicable, match=f"^{re.escape(reason)}$"):
             tuned.apply(bb, E)
         return
     try:

@@ -64,4 +64,10 @@ def test_the_report_shows_measured_accuracy_in_chromium(trained, tmp_path) -> No
     rendered = cli("report", "--suite", "flickr30k", "--results", str(out), "--out", str(page))
     assert rendered.returncode == 0, rendered.stderr
     dom, _ = dump_dom(page, tmp_path / "profile")
-    assert "measured" in dom.lower() and "Rsum" in dom
+    # what only a training table holds: its badge, and each trained run's own test Rsum in its measured column
+    assert 'class="badge train">trained on flickr30k<' in dom
+    trained_runs = sorted(out.glob("flickr30k/t5-bert/*.json"))
+    assert len(trained_runs) == 2
+    for path in trained_runs:
+        rsum = json.loads(path.read_text())["metrics"]["test"]["rsum"]
+        assert f'<td class="measured" data-column="test/rsum">{rsum:.2f}</td>' in dom

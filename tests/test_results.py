@@ -1,4 +1,5 @@
-"""RunResult and ResultStore: one file per run, never overwritten, atomic; `latest`, `is_complete`, rows; run_specs."""
+"""RunResult and ResultStore: one file per run, never overwritten, atomic; `latest`, `is_complete`, rows; results written by
+launch_runs."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import json
 
 import pytest
 
+from unipt_bench import runner
+from unipt_bench.launchers import LaunchSettings
 from unipt_bench.memory.base import CATEGORIES
 from unipt_bench.results import SCHEMA_VERSION, ResultStore, RunResult
-from unipt_bench.runner import run_specs
+from unipt_bench.runner import Lane, launch_runs
 
 T1 = "2026-01-01T10:00:00.000001Z"
 T2 = "2026-01-01T10:00:00.000002Z"
@@ -243,15 +246,24 @@ def test_row_of_a_not_applicable_result_has_no_figures(spec_factory):
     assert row["message"] == "lora does not apply to a cnn backbone"
 
 
-# ---------------------------------------------------------------- run_specs (in-process)
+# ---------------------------------------------------------------- launch_runs (local lanes, in-process)
 
 
-def test_run_specs_records_not_applicable(tmp_path, spec_factory):
+def launch_in_process(monkeypatch, specs, store, **kwargs):
+    """launch_runs as the CLI calls it, its local lanes running each spec in this process (so that a test can
+    patch profiling)."""
+    monkeypatch.setattr(runner, "Lane", lambda env=None: Lane(isolate=False, env=env))
+    results, pending = launch_runs(specs, store, settings=LaunchSettings("local", jobs=1), **kwargs)
+    assert pending == []
+    return results
+
+
+def test_launch_runs_records_not_applicable(tmp_path, spec_factory, monkeypatch):
     """LoRA on a CNN backbone: a not_applicable result is returned and written, with the reason."""
     store = ResultStore(tmp_path)
     spec = spec_factory("lora", backbone="tiny-resnext")
     seen = []
-    results = run_specs([spec], store, isolate=False, on_start=seen.append, on_result=seen.append)
+    results = launch_in_process(monkeypatch, [spec], store, on_start=seen.append, on_result=seen.append)
     (result,) = results
     assert result.status == "not_applicable"
     assert "lora" in result.message and "cnn" in result.message
@@ -273,7 +285,7 @@ def test_a_failing_profile_becomes_an_error_result(tmp_path, spec_factory, monke
     monkeypatch.setattr(unipt_bench.profile, "profile", boom)
     store = ResultStore(tmp_path)
     spec = spec_factory("unipt")
-    (result,) = run_specs([spec], store, isolate=False)
+    (result,) = launch_in_process(monkeypatch, [spec], store)
     assert result.status == "error"
     assert result.message == "RuntimeError: shapes do not match"
     assert "Traceback" in result.detail
@@ -293,7 +305,7 @@ def test_out_of_memory_becomes_an_oom_result(tmp_path, spec_factory, monkeypatch
     monkeypatch.setattr(unipt_bench.profile, "profile", oom)
     store = ResultStore(tmp_path)
     spec = spec_factory("unipt", batch=6)
-    (result,) = run_specs([spec], store, isolate=False)
+    (result,) = launch_in_process(monkeypatch, [spec], store)
     assert result.status == "oom"
     assert result.message == "out of memory at batch 6 per device: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert store.is_complete(spec, store.latest("test"))
@@ -315,7 +327,7 @@ def test_ctrl_c_records_interrupted_and_reraises(tmp_path, spec_factory, monkeyp
     store = ResultStore(tmp_path)
     specs = [spec_factory("unipt"), spec_factory("lora"), spec_factory("bitfit")]
     with pytest.raises(KeyboardInterrupt):
-        run_specs(specs, store, isolate=False)
+        launch_in_process(monkeypatch, specs, store)
     assert calls == ["unipt", "lora"]
     assert {k: r.status for k, r in store.latest("test").items()} == {
         "c/unipt/estimate": "error",

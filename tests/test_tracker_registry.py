@@ -1,5 +1,5 @@
-"""Trackers register where they are defined; profiling and training build the same set from the registry,
-and optional trackers can be switched off."""
+"""Trackers register where they are defined; profiling and training build the same set from the registry;
+optional trackers run by their default (a new one: off) unless a selection names them."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ class CountingTracker:
 
 @pytest.fixture
 def counting():
-    """Register the counting tracker for cpu runs, the way a tracker module does, and remove it afterwards."""
+    """Register the counting tracker for cpu runs, the way a tracker module does (with no default: off), and
+    remove it afterwards."""
     from unipt_bench.memory.registry import register_tracker
 
     load_trackers()
@@ -55,28 +56,45 @@ def counting():
     TRACKERS._entries.pop("counting")
 
 
+MODES = ("estimate", "cpu", "cuda")
+
+
 def test_every_mode_has_exactly_one_primary_tracker() -> None:
     load_trackers()
-    for mode in ("estimate", "cpu", "cuda"):
+    for mode in MODES:
         primary = [n for n in TRACKERS.names() if TRACKERS.get(n).primary and mode in TRACKERS.get(n).modes]
         assert len(primary) == 1, mode
 
 
-def test_a_registered_tracker_measures_profiles_of_its_modes(spec_factory, counting) -> None:
-    out = profile(spec_factory("unipt", mode="cpu"))
-    assert out["memory"]["counting"]["steps"] == 2
-    assert out["memory"]["counting"]["phases"][:3] == ["forward", "backward", "optimizer"]
-    assert "counting" not in profile(spec_factory("unipt"))["memory"]  # estimate: not one of its modes
+def test_every_registered_tracker_follows_its_default_and_a_selection() -> None:
+    """Registry-wide: with no selection a mode gets its primary tracker and the optional ones on by default;
+    a selection gets the primary one and exactly the optional ones it names."""
+    load_trackers()
+    for mode in MODES:
+        serving = [TRACKERS.get(n) for n in TRACKERS.names() if mode in TRACKERS.get(n).modes]
+        (primary,) = [e.name for e in serving if e.primary]
+        optional = [e for e in serving if not e.primary]
+        assert selected(mode) == [primary] + [e.name for e in optional if e.default]
+        assert selected(mode, []) == [primary]
+        for entry in optional:
+            assert selected(mode, [entry.name]) == [primary, entry.name]
+
+
+def test_a_registered_tracker_is_off_unless_asked_and_only_in_its_modes(spec_factory, counting) -> None:
+    assert set(profile(spec_factory("unipt", mode="cpu"))["memory"]) == {"memtracker_real", "rss"}
+    assert "counting" not in profile(spec_factory("unipt"), RunOptions(trackers=["counting"]))["memory"]  # estimate
 
 
 def test_optional_trackers_can_be_switched_off_the_primary_one_cannot(spec_factory, counting) -> None:
     memory = profile(spec_factory("unipt", mode="cpu"), RunOptions(trackers=["counting"]))["memory"]
     assert set(memory) == {"memtracker_real", "counting"}  # rss off, the primary tracker on
+    assert memory["counting"]["steps"] == 2  # the tracker measured the run
+    assert memory["counting"]["phases"][:3] == ["forward", "backward", "optimizer"]
     memory = profile(spec_factory("unipt", mode="cpu"), RunOptions(trackers=[]))["memory"]
     assert set(memory) == {"memtracker_real"}
 
 
-def test_each_mode_gets_its_primary_tracker_first_then_the_optional_ones() -> None:
+def test_rss_and_nvml_stay_on_by_default() -> None:
     """Profiling and training both build `selected(mode)`: on a GPU that includes NVML for training too."""
     assert selected("cuda") == ["cuda_allocator", "nvml"]
     assert selected("cpu") == ["memtracker", "rss"] and selected("estimate") == ["memtracker"]
@@ -93,5 +111,6 @@ def test_the_built_set_follows_the_selection() -> None:
 
 
 def test_unknown_tracker_names_are_one_line() -> None:
-    with pytest.raises(UserError, match="unknown tracker.*bogus.*known: cuda_allocator, memtracker, nvml, rss"):
+    load_trackers()
+    with pytest.raises(UserError, match=f"^unknown tracker\\(s\\) bogus; known: {', '.join(TRACKERS.names())}$"):
         check_selection(["rss", "bogus"])

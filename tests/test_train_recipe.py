@@ -9,7 +9,13 @@ from unipt_bench.build import build
 from unipt_bench.config import RunSpec, TrainSpec
 from unipt_bench.errors import UserError
 from unipt_bench.suite_file import load_suite
-from unipt_bench.train_recipe import build_optimizer, grad_clip, hardest_from_step, resolve_budget, weight_decay
+from unipt_bench.train_recipe import (
+    build_optimizer,
+    grad_clip,
+    hardest_from_step,
+    resolve_budget,
+    weight_decay,
+)
 
 
 def smoke(config: str, label: str, **changes) -> RunSpec:

@@ -426,6 +426,17 @@ def test_the_logit_scale_starts_at_clip_s_and_is_clamped() -> None:
     assert frozen().item() == pytest.approx(20.0) and not frozen.log_scale.requires_grad
 
 
+@pytest.mark.parametrize(("learnable", "mode"), [(False, "train"), (True, "eval")])
+def test_a_loaded_logit_scale_above_the_cap_is_clamped_where_it_is_used(learnable: bool, mode: str) -> None:
+    """A frozen scale, or any scale outside training, is never clamped in place: the value a checkpoint loaded
+    stays as it is, and each use caps it at 100."""
+    scale = LogitScale(temperature=0.01, learnable=learnable)
+    scale.load_state_dict({"log_scale": torch.tensor(math.log(250))})
+    scale.train(mode == "train")
+    assert scale().item() == pytest.approx(100.0)
+    assert scale.log_scale.item() == pytest.approx(math.log(250))  # left as loaded
+
+
 @pytest.mark.slow
 def test_the_command_line_trains_and_reports(data_root, tmp_path, monkeypatch, capsys) -> None:
     suite = tmp_path / "tiny.toml"

@@ -249,48 +249,6 @@ def serve_lanes(
             lane.close()
 
 
-def run_specs(
-    specs: list[RunSpec],
-    store: ResultStore,
-    isolate: bool = True,
-    on_start: Callable[[RunSpec], None] = lambda spec: None,
-    on_result: Callable[[RunResult], None] = lambda result: None,
-    options: dict[str, Any] | None = None,
-    snapshots: bool = False,
-    on_progress: Callable[[RunSpec, dict[str, Any]], None] = lambda spec, info: None,
-    jobs: int = 1,
-    lane_env: Callable[[int], dict[str, str]] = lambda lane: {},
-    checkpoint_dir: str | None = None,
-) -> list[RunResult]:
-    """Run specs on this machine, writing each result as it ends. Ctrl-C records `interrupted` for every
-    run in flight and re-raises.
-
-    options are RunOptions fields; snapshots=True saves each cuda run's allocator snapshot beside its
-    result. jobs > 1 runs that many lanes at once (each its own child processes; `lane_env(k)` is lane
-    k's environment); results are the same files as one lane writes, in the order runs end.
-    """
-    lock = threading.Lock()
-    results: list[RunResult] = []
-
-    def work(lane: Lane, spec: RunSpec) -> RunResult:
-        run_opts = run_options(spec, store, options, snapshots, checkpoint_dir)
-        return lane.run(spec, run_opts, lambda info: on_progress(spec, info))
-
-    def finish(spec: RunSpec, result: RunResult, keep: bool = True) -> None:
-        with lock:
-            store.write(result)
-            if keep:
-                results.append(result)
-            on_result(result)
-
-    lanes = [Lane(isolate, lane_env(k) if jobs > 1 else None) for k in range(max(1, jobs))]
-    serve_lanes(specs, lanes, work, finish, on_start,
-                interrupted=lambda spec: finish(spec, failed(spec, "interrupted", INTERRUPTED), keep=False),
-                crashed=lambda spec, exc: failed(spec, "error", f"{type(exc).__name__}: {exc}"))
-    return results
-
-
-
 def launch_runs(
     specs: list[RunSpec],
     store: ResultStore,

@@ -75,7 +75,17 @@ class Blocks(Protocol):
 class AdapterSites(Protocol):
     """projections (or stages) a bottleneck adapter can follow"""
 
+    # True: the sites output feature maps [B, C, H, W] (1x1-conv bottlenecks); False: tokens [B, N, D]
+    adapter_on_maps: bool
+
     def adapter_sites(self) -> list[tuple[nn.Module, str, int]]: ...
+
+
+@runtime_checkable
+class Biases(Protocol):
+    """a closed form of its bias parameter count, written from its shape"""
+
+    def bias_count(self) -> int: ...
 
 
 @runtime_checkable
@@ -141,6 +151,30 @@ def register_backbone(
         return factory
 
     return add
+
+
+def is_bias(name: str) -> bool:
+    """A parameter path whose leaf is a bias (`bias`, or a GRU's `bias_ih_l0` and the like)."""
+    return name.rsplit(".", 1)[-1].startswith("bias")
+
+
+def biases_outside_blocks(backbone: Backbone) -> int:
+    """Bias parameters outside `backbone.blocks()` as built (embedding or final norms, a patch projection):
+    what a closed form per layer leaves out."""
+    in_blocks = {id(p) for block in backbone.blocks() for p in block.parameters()}
+    return sum(p.numel() for name, p in backbone.named_parameters() if is_bias(name) and id(p) not in in_blocks)
+
+
+def transformer_bias_count(backbone: Backbone) -> int:
+    """A transformer encoder's biases (docs/methods.md §3.3): per layer q, k, v, o, two LayerNorms and the
+    FFN's two projections, L (7 D + I), plus those outside the layers."""
+    d, ffn = backbone.width, backbone.ffn  # type: ignore[attr-defined]
+    return backbone.num_layers * (7 * d + ffn) + biases_outside_blocks(backbone)  # type: ignore[attr-defined]
+
+
+def batchnorm_bias_count(backbone: Backbone) -> int:
+    """A CNN's biases (docs/methods.md §3.3): one per BatchNorm channel (its convs have none)."""
+    return sum(m.num_features for m in backbone.modules() if isinstance(m, nn.BatchNorm2d))
 
 
 def padded_mask(batch: int, seq_len: int) -> torch.Tensor:

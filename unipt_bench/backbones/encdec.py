@@ -136,6 +136,14 @@ class MDETR(Backbone):
     def blocks(self) -> list[nn.Module]:
         return [*self.encoder, *self.decoder]
 
+    def bias_count(self) -> int:
+        """Its CNN's and its text encoder's biases, the input projection (D), the text resizer's Linear and
+        LayerNorm (2 D), L encoder layers (7 D + F), L decoder layers (12 D + F: two attentions, three
+        LayerNorms) and the decoder norm (D) (docs/methods.md §3.3)."""
+        d, f, layers = self.width, self.ffn, len(self.encoder)
+        return (self.vision.bias_count() + self.text.bias_count() + 3 * d + layers * (7 * d + f)
+                + layers * (12 * d + f) + d)
+
     def forward(self, inputs: dict[str, torch.Tensor], all_hidden: bool = False) -> EncDecOutput:
         grid = self.input_proj(self.vision(inputs).hidden[-1])  # [B, D, h, w]
         b, _, h, w = grid.shape

@@ -39,6 +39,10 @@ class BiGRUText(Backbone):
         """Its one recurrent layer (what partial fine-tuning can unfreeze)."""
         return [self.gru]
 
+    def bias_count(self) -> int:
+        """b_ih and b_hh of 3 gates in both directions: 12 H (docs/methods.md §3.3)."""
+        return 12 * self.width
+
     def dummy_inputs(self, batch: int, **shape: int) -> dict[str, torch.Tensor]:
         seq_len = shape.get("seq_len", self.shape_defaults["seq_len"])
         ids = torch.randint(0, self.vocab_size, (batch, seq_len))

@@ -18,7 +18,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from ..errors import UserError
-from .base import AttentionFunctions, Backbone, BackboneOutput, padded_mask
+from .base import AttentionFunctions, Backbone, BackboneOutput, padded_mask, transformer_bias_count
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,6 @@ ARCHITECTURE_FIELDS = (
     "max_position_embeddings", "type_vocab_size", "image_size", "patch_size", "num_channels", "hidden_act",
     "hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "dropout", "projection_dim",
 )
-# config entries that describe a checkpoint's provenance or defaults for outputs, not its architecture
-METADATA_FIELDS = {
-    "_name_or_path", "architectures", "transformers_version", "torch_dtype", "dtype", "id2label", "label2id",
-    "_commit_hash", "_attn_implementation_autoset", "return_dict", "output_hidden_states", "output_attentions",
-    "use_cache", "problem_type", "finetuning_task", "tokenizer_class", "task_specific_params",
-    "gradient_checkpointing",
-}
 
 
 def read_config(config_cls: type[PretrainedConfig], source: str, what: str = "load weights") -> PretrainedConfig:
@@ -69,11 +62,6 @@ def architecture_differences(expected: PretrainedConfig, found: PretrainedConfig
     """'field: expected -> found' for every architecture field on which two configs disagree."""
     return [f"{name}: {getattr(expected, name, None)!r} -> {getattr(found, name, None)!r}"
             for name in ARCHITECTURE_FIELDS if getattr(expected, name, None) != getattr(found, name, None)]
-
-
-def architecture_of(config: PretrainedConfig) -> dict[str, object]:
-    """The config without provenance metadata: what a spec's digest covers for a checkpoint's architecture."""
-    return {k: v for k, v in config.to_dict().items() if k not in METADATA_FIELDS}
 
 
 def load_hf_model(
@@ -118,6 +106,7 @@ class HFEncoder(Backbone):
     """A transformer encoder from transformers; hidden states h_0..h_L come from `output_hidden_states`."""
 
     kind: ClassVar[str] = "transformer"
+    adapter_on_maps = False
 
     def __init__(self, model: PreTrainedModel, layout: HFLayout, native_side_layer: bool = True) -> None:
         super().__init__()
@@ -183,6 +172,9 @@ class HFEncoder(Backbone):
                 parent_path, _, leaf = path.rpartition(".")
                 sites.append((get_path(layer, parent_path) if parent_path else layer, leaf, self.width))
         return sites
+
+    def bias_count(self) -> int:
+        return transformer_bias_count(self)
 
     def lora_targets(self) -> tuple[nn.Module, list[str]]:
         """The module peft injects into (the transformers model itself) and the leaf names it targets."""

@@ -10,7 +10,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
 from ..errors import UserError
-from .base import Backbone, BackboneOutput, register_backbone
+from .base import Backbone, BackboneOutput, batchnorm_bias_count, register_backbone
 from .hf import CONFIG_ONLY
 
 
@@ -22,6 +22,8 @@ class ResNetStages(Backbone):
 
     kind: ClassVar[str] = "cnn"
     modality = "image"
+    adapter_on_maps = True
+    bias_count = batchnorm_bias_count
 
     def __init__(self, net: ResNet, image_size: int) -> None:
         super().__init__()

@@ -17,7 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..errors import UserError
-from .base import Backbone, BackboneOutput
+from .base import Backbone, BackboneOutput, batchnorm_bias_count, transformer_bias_count
 from .hf import CONFIG_ONLY, HFEncoder, bert_layer
 
 PREFIX = "timm:"
@@ -40,6 +40,8 @@ class TimmStages(Backbone):
 
     kind: ClassVar[str] = "cnn"
     modality = "image"
+    adapter_on_maps = True
+    bias_count = batchnorm_bias_count
 
     def __init__(self, net: nn.Module, image_size: int) -> None:
         super().__init__()
@@ -75,6 +77,8 @@ class TimmViT(Backbone):
 
     kind: ClassVar[str] = "transformer"
     modality = "image"
+    adapter_on_maps = False
+    bias_count = transformer_bias_count  # timm's fused qkv bias holds q, k and v's: 3 D
     run_side_layer = staticmethod(HFEncoder.run_side_layer)
 
     def __init__(self, model: VisionTransformer) -> None:

@@ -48,7 +48,7 @@ def list_cmd(what: str) -> None:
 
         click.echo("trackers:")
         for t in describe():
-            role = "primary" if t["primary"] else "optional"
+            role = "primary" if t["primary"] else "optional, " + ("on" if t["default"] else "off") + " by default"
             click.echo(f"  {t['name']:<15} {t['description']}  [{', '.join(t['modes'])}; {role}]")
     if what == "options":
         from ..config import TrainSpec

@@ -38,7 +38,8 @@ def gpu_visible() -> bool:
 @click.option("--data-root", default=os.environ.get("UNIPT_BENCH_DATA", "data"), show_default=True,
               type=click.Path(file_okay=False), help="Where training suites find datasets (env UNIPT_BENCH_DATA).")
 @click.option("--trackers", default=None,
-              help="Comma-separated trackers to run (default: the suite's list, else all; see `list trackers`).")
+              help="Comma-separated optional trackers to run (default: the suite's list, else those on by default; "
+                   "see `list trackers`).")
 @click.option("--job", "job", type=click.Choice(["auto", "train", "profile"]), default="auto", show_default=True,
               help="train: train with the suite's recipes on the data under --data-root; profile: a few steps on the "
                    "configured shapes; auto: train where the data are there and a GPU is visible (or the suite is "

@@ -29,13 +29,6 @@ class QAData:
     labels: list[str] = dataclass_field(default_factory=list)
 
 
-def answer_vocabulary(data: QAData, size: int | None = None) -> list[str]:
-    """The most frequent answers (all, or the top `size`), most frequent first, ties alphabetical."""
-    counts = Counter(a for answers in data.answers for a in answers)
-    ranked = sorted(counts, key=lambda a: (-counts[a], a))
-    return ranked[:size] if size else ranked
-
-
 def counted_vocabulary(labels: list[str], min_count: int, size: int | None = None) -> list[str]:
     """Answers that are the label of at least `min_count` questions, most frequent first, ties alphabetical
     (all of them, or the top `size`).

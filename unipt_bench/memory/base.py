@@ -11,6 +11,9 @@ CATEGORIES = ("params", "buffers", "grads", "activations", "temporaries", "optim
 # what only some runs allocate, reported beside the categories when present (data-parallel runs' gradient buckets)
 EXTRA_CATEGORIES = ("ddp_buckets",)
 REPORTED_CATEGORIES = (*CATEGORIES, *EXTRA_CATEGORIES)
+# who memory is charged to: the backbone, the PETL method's own modules, the task head, or anything else
+# (the loss, clipping and the optimizer)
+OWNERS = ("backbone", "method", "head", "other")
 
 
 class Tracker(Protocol):

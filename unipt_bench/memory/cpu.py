@@ -43,6 +43,6 @@ class RssTracker:
         }
 
 
-@register_tracker("rss", {"cpu"}, description="the process's peak resident memory (getrusage)")
+@register_tracker("rss", {"cpu"}, description="the process's peak resident memory (getrusage)", default=True)
 def rss(context: TrackerContext) -> RssTracker:
     return RssTracker()

@@ -29,7 +29,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_leaves, tree_map_only
 
-from .base import CATEGORIES, TRAINING_PHASES
+from .base import CATEGORIES, OWNERS, TRAINING_PHASES
 from .registry import TrackerContext, register_tracker
 
 TOTAL = "Total"
@@ -46,7 +46,6 @@ CATEGORY_OF = {
 
 DYNAMIC = (_MemRefType.ACT, _MemRefType.TEMP)
 FAKE_MODE = torch._C._TorchDispatchModeKey.FAKE
-OWNERS = ("backbone", "method", "head", "other")
 
 
 class _NoHook:

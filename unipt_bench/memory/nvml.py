@@ -158,6 +158,7 @@ class NvmlTracker:
         }
 
 
-@register_tracker("nvml", {"cuda"}, description="device and process memory sampled by NVML every --nvml-interval")
+@register_tracker("nvml", {"cuda"}, description="device and process memory sampled by NVML every --nvml-interval",
+                  default=True)
 def nvml(context: TrackerContext) -> NvmlTracker:
     return NvmlTracker(interval=context.nvml_interval)

@@ -1,8 +1,10 @@
 """The tracker registry: each tracker registers where it is defined, with the modes it serves.
 
-`build_trackers` makes the one tracker set that profiling and training both use. Optional trackers
-(RSS, NVML) can be switched off by a suite's `trackers` list or `--trackers`; the tracker that gives
-a mode's peak (`primary`) is always on.
+`build_trackers` makes the one tracker set that profiling and training both use. The tracker that gives
+a mode's peak (`primary`) is always on. Every other tracker registers with a default: on (RSS and NVML:
+cheap, and part of every result so far) or off (the default for a new tracker, so that adding one never
+slows every run down). A suite's `trackers` list or `--trackers` names exactly the optional trackers a
+run gets, on by default or not.
 """
 
 from __future__ import annotations
@@ -36,17 +38,19 @@ class TrackerEntry:
     factory: Callable[[TrackerContext], Tracker]
     primary: bool  # gives the mode's peak_bytes: cannot be switched off
     description: str
+    default: bool  # an optional tracker that runs when no selection names the trackers
 
 
 TRACKERS: Registry[TrackerEntry] = Registry("tracker")
 
 
-def register_tracker(name: str, modes: set[str], description: str, primary: bool = False
+def register_tracker(name: str, modes: set[str], description: str, primary: bool = False, default: bool = False
                      ) -> Callable[[Callable[[TrackerContext], Tracker]], Callable[[TrackerContext], Tracker]]:
-    """Decorator: register `factory(context) -> Tracker` for the given modes."""
+    """Decorator: register `factory(context) -> Tracker` for the given modes; `default`: an optional tracker
+    that runs unless a selection leaves it out (off: only when a selection names it)."""
 
     def add(factory: Callable[[TrackerContext], Tracker]) -> Callable[[TrackerContext], Tracker]:
-        TRACKERS.register(name)(TrackerEntry(name, frozenset(modes), factory, primary, description))
+        TRACKERS.register(name)(TrackerEntry(name, frozenset(modes), factory, primary, description, default))
         return factory
 
     return add
@@ -69,12 +73,12 @@ def check_selection(wanted: list[str] | None) -> None:
 
 
 def selected(mode: str, wanted: list[str] | None = None) -> list[str]:
-    """The trackers a run of `mode` gets: its primary one first, then the others serving the mode (all, or
-    those in `wanted`), by name."""
+    """The trackers a run of `mode` gets: its primary one first, then the others serving the mode (those on
+    by default, or those in `wanted`), by name."""
     check_selection(wanted)
     serving = [TRACKERS.get(n) for n in TRACKERS.names() if mode in TRACKERS.get(n).modes]
-    return [e.name for e in serving if e.primary] + [e.name for e in serving
-                                                      if not e.primary and (wanted is None or e.name in wanted)]
+    optional = [e.name for e in serving if not e.primary and (e.default if wanted is None else e.name in wanted)]
+    return [e.name for e in serving if e.primary] + optional
 
 
 def build_trackers(context: TrackerContext, wanted: list[str] | None = None) -> Trackers:
@@ -85,4 +89,5 @@ def build_trackers(context: TrackerContext, wanted: list[str] | None = None) -> 
 def describe() -> list[dict[str, Any]]:
     load_trackers()
     return [{"name": n, "modes": sorted(TRACKERS.get(n).modes), "primary": TRACKERS.get(n).primary,
-             "description": TRACKERS.get(n).description} for n in TRACKERS.names()]
+             "default": TRACKERS.get(n).primary or TRACKERS.get(n).default, "description": TRACKERS.get(n).description}
+            for n in TRACKERS.names()]

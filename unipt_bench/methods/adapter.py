@@ -54,18 +54,20 @@ class Adapter(Method):
 
     def build(self, backbone: Backbone, out_dim: int) -> nn.Module:
         freeze(backbone)
-        conv = backbone.kind == "cnn"
-        reduction = self.cnn_reduction if conv else self.reduction
+        conv = backbone.adapter_on_maps
         for parent, attr, width in backbone.adapter_sites():
-            setattr(parent, attr, Adapted(getattr(parent, attr), Bottleneck(width, width // reduction, conv)))
+            adapter = Bottleneck(width, width // self.reduction_for(backbone), conv)
+            setattr(parent, attr, Adapted(getattr(parent, attr), adapter))
         return backbone
 
+    def reduction_for(self, backbone: Backbone) -> int:
+        return self.cnn_reduction if backbone.adapter_on_maps else self.reduction
+
     def closed_form_trainable(self, backbone: Backbone, out_dim: int) -> int:
-        """One bottleneck Down(C -> b) + Up(b -> C) per site (docs/methods.md §3.4): two per transformer
-        layer at C = D, b = D / 16; one per CNN stage at C = C_k, b = C_k / 8."""
-        if backbone.kind == "cnn":
-            return sum(bottleneck_params(c, c // self.cnn_reduction) for c in backbone.hidden_sizes)
-        return 2 * backbone.num_layers * bottleneck_params(backbone.width, backbone.width // self.reduction)
+        """One bottleneck Down(C -> b) + Up(b -> C) per site the backbone declares (docs/methods.md §3.4):
+        a transformer's two per layer at C = D, b = D / 16; a CNN's one per stage at C = C_k, b = C_k / 8."""
+        return sum(bottleneck_params(width, width // self.reduction_for(backbone))
+                   for _, _, width in backbone.adapter_sites())
 
 
 def bottleneck_params(width: int, bottleneck: int) -> int:

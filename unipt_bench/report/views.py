@@ -8,8 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..memory.base import CATEGORIES, PHASES, REPORTED_CATEGORIES
-from ..memory.estimate import OWNERS
+from ..memory.base import CATEGORIES, OWNERS, PHASES, REPORTED_CATEGORIES
 from ..results import RunResult
 from . import figures, headline, measured, training
 from .measured import MeasuredColumn

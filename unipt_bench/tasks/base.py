@@ -1,10 +1,12 @@
-"""The task interface: a task builds heads on top of the towers and knows its loss and recipe."""
+"""The task interface: a task builds heads on top of the towers and knows its loss and recipe; the data it
+trains on (`TaskData`) answers what training asks of it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -17,7 +19,65 @@ from ..registry import Registry
 TASKS: Registry[type[Task]] = Registry("task")
 
 
-register_task = TASKS.named
+class TaskData(Protocol):
+    """What a task's `load_data` returns: its dataset split by split, and how a model scores on it.
+
+    Splits are named ("train", "val", and the test splits); `inputs` maps tower name -> its TowerInputs (the
+    tokenizer or image transform that turns raw values into that tower's tensors). Besides these members a
+    dataset may give `test_splits` (the splits a trained model is tested on, first one first; default
+    ("test",)).
+    """
+
+    selection: str  # the validation metric that picks the best checkpoint (e.g. "rsum", "accuracy")
+
+    def size(self, split: str) -> int:
+        """Examples in `split`."""
+
+    def batch(self, split: str, rows: list[int], inputs: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+        """The batch of `rows`: tower name -> that tower's inputs, plus "targets" when the loss needs them."""
+
+    def evaluate(self, model: Any, split: str, inputs: dict[str, Any], batch_size: int, device: Any
+                 ) -> dict[str, float]:
+        """The task's metrics of `model` (a TaskModel) on `split`."""
+
+    def baseline(self, split: str) -> dict[str, float]:
+        """The metrics of chance (or a majority answer) on `split`: what training must beat."""
+
+    def describe(self) -> dict[str, Any]:
+        """What was read, for the result's protocol: dataset, split sizes, files."""
+
+    def task_options(self) -> dict[str, Any]:
+        """Task options the data decides (e.g. the answer count), merged into the spec before building."""
+
+    def verify(self) -> None:
+        """Read every example once; one UserError naming the first unreadable file."""
+
+
+DATA_MEMBERS = tuple(sorted({*TaskData.__annotations__, *(n for n in vars(TaskData) if not n.startswith("_"))}))
+
+
+def missing_data_members(data: object) -> list[str]:
+    """TaskData members `data` lacks (a method present but not callable counts as missing)."""
+    return [name for name in DATA_MEMBERS
+            if not hasattr(data, name) or (callable(getattr(TaskData, name, None)) and not callable(getattr(data, name)))]
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    """Class decorator: register a Task subclass under `name`, after checking it states what every task must."""
+
+    def add(cls: type[Task]) -> type[Task]:
+        missing = [member for member, given in (
+            ("recipe", hasattr(cls, "recipe")),
+            ("build", cls.build is not Task.build),
+            ("out_dim", cls.out_dim is not Task.out_dim),
+        ) if not given]
+        if "load_data" in vars(cls):
+            missing.append("read_data (instead of load_data, which checks what read_data returns)")
+        if missing:
+            raise TypeError(f"task {name!r} ({cls.__name__}) must define {', '.join(missing)}")
+        return TASKS.named(name)(cls)
+
+    return add
 
 
 @dataclass(frozen=True)
@@ -82,8 +142,18 @@ class Task(Configurable):
         looked for ("" when its files are there). `--job auto` profiles instead of training when it says so."""
         return f"task {self.name!r} cannot train on real data yet"
 
-    def load_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> Any:
-        """Real training data for `spec` (a TrainSpec), feeding towers by their modalities."""
+    def load_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> TaskData:
+        """Real training data for `spec` (a TrainSpec), feeding towers by their modalities: what `read_data`
+        returns, checked against TaskData (a TypeError names the members it lacks)."""
+        data = self.read_data(spec, data_root, seed, modalities)
+        missing = missing_data_members(data)
+        if missing:
+            raise TypeError(f"task {self.name!r}: read_data returned a {type(data).__name__} without the TaskData "
+                            f"members {', '.join(missing)} (tasks/base.py)")
+        return data
+
+    def read_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> TaskData:
+        """The task's own dataset reader (see `load_data`)."""
         raise UserError(f"task {self.name!r} cannot train on real data yet; profile it instead")
 
     def example_targets(self, batch: int) -> dict[str, torch.Tensor]:

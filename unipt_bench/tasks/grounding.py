@@ -49,12 +49,6 @@ class GroundingHead(nn.Module):
         return self.tokens(state), self.boxes(state).sigmoid()  # [B, Q, 256], [B, Q, 4] (cx, cy, w, h)
 
 
-def giou_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean (1 - generalised IoU) of corner boxes a, b [B, 4], without data-dependent indexing
-    (torchvision's version masks by value, which fake tensors cannot trace)."""
-    return (1 - generalized_iou(a, b)).mean()
-
-
 def hungarian(cost: torch.Tensor) -> torch.Tensor:
     """For costs [B, Q] of each query against its sample's one referred box: the matched query per sample [B].
 
@@ -184,7 +178,7 @@ class Grounding(Task):
 
         return missing(spec, data_root)
 
-    def load_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> Any:
+    def read_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> Any:
         from .grounding_data import GroundingData
 
         return GroundingData(spec, data_root, seed, modalities)

@@ -178,7 +178,7 @@ class Retrieval(Task):
 
         return missing(spec, data_root)
 
-    def load_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> Any:
+    def read_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> Any:
         from .retrieval_data import RetrievalData
 
         return RetrievalData(spec, data_root, seed, modalities)
@@ -217,7 +217,7 @@ class VideoRetrieval(Retrieval):
 
         return missing(spec, data_root)
 
-    def load_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> Any:
+    def read_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> Any:
         from .video_data import VideoRetrievalData
 
         return VideoRetrievalData(spec, data_root, seed, modalities)

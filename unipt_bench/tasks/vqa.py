@@ -117,7 +117,7 @@ class VQA(Task):
 
         return missing(spec, data_root, self)
 
-    def load_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> Any:
+    def read_data(self, spec: Any, data_root: Path, seed: int, modalities: dict[str, str]) -> Any:
         from .vqa_data import VQAData
 
         return VQAData(spec, data_root, seed, modalities, self)
