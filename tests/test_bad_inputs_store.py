@@ -230,3 +230,16 @@ def test_bad_suite_or_option_is_one_line_exit_2_before_any_run(case, world, monk
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert store_state(world["store"]) == before
+
+
+def test_a_table_prints_rich_markup_in_names_as_written(capsys) -> None:
+    """Names reach the terminal table as text: "[/]" in a stored row is shown, not parsed as markup."""
+    from unipt_bench.cli.format import print_table
+
+    row = {"config": "c[bold]", "method": "u[/]", "mode": "estimate", "status": "ok", "batch": 4, "gpus": 1,
+           "trainable_params": 1, "trainable_method_params": 1, "trainable_head_params": 0, "peak_bytes": 1,
+           "activations_bytes": 0, "grads_bytes": 0, "optimizer_state_bytes": 0, "step_seconds": None,
+           "test_score": None}
+    print_table([row])
+    out = capsys.readouterr().out
+    assert "u[/]" in out and "c[bold]" in out
