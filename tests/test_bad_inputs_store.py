@@ -242,3 +242,16 @@ def test_a_table_prints_rich_markup_in_names_as_written(capsys) -> None:
     print_table([row])
     out = capsys.readouterr().out
     assert "u[/]" in out and "c[bold]" in out
+
+
+@pytest.mark.parametrize(("backbone", "limit"), [("tiny-bert", 64), ("tiny-roberta", 64), ("tiny-clip-text", 64),
+                                                  ("tiny-bigru", None), ("tiny-vit", None)])
+def test_position_limit_is_the_tokens_a_position_table_holds(backbone, limit) -> None:
+    """tiny-roberta's table has 66 rows, the first two (up to the padding index) never a token's."""
+    import torch
+
+    from unipt_bench.backbones import create_backbone
+    from unipt_bench.suite_file import position_limit
+
+    with torch.device("meta"):
+        assert position_limit(create_backbone(backbone, "random", load=False)) == limit
