@@ -96,6 +96,16 @@ def npy(array: np.ndarray) -> Callable[[bytes], bytes]:
     return change
 
 
+def npy_header_shape(shape: str) -> Callable[[bytes], bytes]:
+    """A valid (6, 4, 16) .npy file whose header claims `shape` instead."""
+    def change(data: bytes) -> bytes:
+        end = data.index(b"\n") + 1  # the header, padded with spaces before its newline
+        header = data[:end].replace(b"(6, 4, 16)", shape.encode())
+        return header.replace(b" " * (len(header) - end) + b"\n", b"\n") + data[end:]
+
+    return change
+
+
 def remove(relative: str, named: str) -> Corruption:
     def corrupt(root: Path) -> Path:
         (root / relative).unlink()
@@ -133,10 +143,15 @@ CASES = [
                  id="karpathy-no-captions"),
     pytest.param(KARPATHY, rewrite(KARPATHY_JSON, truncated), "not valid JSON", id="karpathy-truncated"),
     pytest.param(KARPATHY, rewrite(KARPATHY_JSON, latin1), "must be UTF-8 text", id="karpathy-not-utf8"),
+    pytest.param(KARPATHY, rewrite(KARPATHY_JSON, lambda _: b"[" * 100_000 + b"]" * 100_000), "nested too deeply",
+                 id="karpathy-nested-100000-deep"),
     # precomp features and captions
     pytest.param(PRECOMP, rewrite(IMS, lambda _: b""), "not a NumPy .npy array", id="precomp-empty-npy"),
     pytest.param(PRECOMP, rewrite(IMS, truncated), "not a NumPy .npy array", id="precomp-truncated-npy"),
     pytest.param(PRECOMP, rewrite(IMS, npz), "not a NumPy .npy array", id="precomp-npz-as-npy"),
+    *(pytest.param(PRECOMP, rewrite(IMS, npy_header_shape(shape)), f"header gives shape {shape}",
+                   id=f"precomp-npy-shape-{shape}")
+      for shape in ("(-6, 4, 16)", "(6, 4, -16)", f"(-{'9' * 20}, 4, 16)", "(True, 4, 16)")),
     pytest.param(PRECOMP, rewrite(IMS, npy(np.zeros((6, 16), np.float32))),
                  "expected region features [images, regions, dims], got shape (6, 16)", id="precomp-2d"),
     pytest.param(PRECOMP, rewrite(IMS, npy(np.zeros((0, 4, 16), np.float32))),

@@ -65,6 +65,10 @@ def check_writable_dir(path: Path | str, what: str) -> None:
 def check_writable_file(path: Path | str, what: str) -> None:
     """Fail now, in one line, if `path` cannot be written: a folder in its place, or an unwritable folder."""
     target = Path(path)
+    check_writable_dir(target.parent, what)
+    longest = os.pathconf(target.parent, "PC_NAME_MAX")  # a longer name cannot even be looked up
+    if len(os.fsencode(target.name)) > longest:
+        raise UserError(f"{what} {target.parent / target.name[:40]}...: the file name is {len(os.fsencode(target.name))} "
+                        f"bytes long; file names here hold at most {longest}")
     if target.is_dir():
         raise UserError(f"{what} {target}: is a folder, not a file")
-    check_writable_dir(target.parent, what)

@@ -15,7 +15,7 @@ from .configurable import Configurable, bounded
 from .errors import UserError
 
 MODES = ("estimate", "cpu", "cuda")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # the whole name: always NAME_RE.fullmatch
 NAME_MAX = 64  # suite, config and method names become file names (with a time stamp beside them)
 
 
@@ -182,7 +182,7 @@ def name_problem(value: object) -> str:
         return f"must be a string, got {value!r}"
     if len(value) > NAME_MAX:
         return f"{value[:24]!r}... is {len(value)} characters long (at most {NAME_MAX})"
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         return f"{value!r} may hold only letters, digits and _ . + - (and start with a letter or digit)"
     return ""
 

@@ -18,6 +18,7 @@ from .errors import UserError
 
 UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+MAX_BYTES = 2**63  # sizes are compared with byte counts held in 64 bits
 
 
 def parse_bytes(text: str) -> int:
@@ -26,7 +27,10 @@ def parse_bytes(text: str) -> int:
     unit = (match.group(2) or "b").lower() if match else ""
     if not match or unit not in UNITS:
         raise UserError(f"cannot read {text!r} as a size; write e.g. 24GiB, 1.5GB or 800MiB")
-    return int(float(match.group(1)) * UNITS[unit])
+    size = float(match.group(1)) * UNITS[unit]
+    if size >= MAX_BYTES:  # also inf, from hundreds of digits
+        raise UserError(f"{text[:40]!r}{'...' if len(text) > 40 else ''} is too large a size (at most 8 EiB)")
+    return int(size)
 
 
 @dataclass

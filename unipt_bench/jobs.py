@@ -68,25 +68,34 @@ def data_missing(spec: RunSpec, data_root: Path) -> str:
 
 def check_data(specs: list[RunSpec], data_root: Path) -> None:
     """Read every dataset a run will train on, once, in this process: a malformed file (a truncated JSON, an
-    image that does not decode, features of the wrong shape) stops the command in one line before any run
-    starts or any result is written. Data objects may add a `verify()` for what loading leaves unread."""
+    image that does not decode, features of the wrong shape) or a training split smaller than one batch stops
+    the command in one line before any run starts or any result is written. Data objects may add a
+    `verify()` for what loading leaves unread."""
     from .tasks import TASKS
     from .train import tower_modalities
 
-    seen = set()
+    loaded: dict[str, object] = {}
     for spec in specs:
         if spec.train is None:
             continue
         key = json.dumps([spec.task, spec.task_options, spec.train, [t.backbone for t in spec.towers]],
                          sort_keys=True)
-        if key in seen:
-            continue
-        seen.add(key)
-        train = TrainSpec.from_options(spec.train)
-        task = TASKS.get(spec.task).from_options(spec.task_options)
-        data = task.load_data(train, data_root, spec.seed, tower_modalities(spec))
-        if hasattr(data, "verify"):
-            data.verify()
+        if key not in loaded:
+            train = TrainSpec.from_options(spec.train)
+            task = TASKS.get(spec.task).from_options(spec.task_options)
+            loaded[key] = data = task.load_data(train, data_root, spec.seed, tower_modalities(spec))
+            if hasattr(data, "verify"):
+                data.verify()
+        check_batch(spec, loaded[key].size("train"))  # type: ignore[attr-defined]
+
+
+def check_batch(spec: RunSpec, examples: int) -> None:
+    """A training step takes batch x gpus rows of the training split (train.batch_rows): it must hold one."""
+    rows = spec.batch * spec.gpus
+    if examples < rows:
+        raise UserError(f"{spec.suite}/{spec.config}/{spec.label}: the training split has {examples} examples, "
+                        f"fewer than one batch of {rows}" + (f" ({spec.gpus} GPUs x {spec.batch})" if spec.gpus > 1
+                                                             else "") + "; give a smaller --batch")
 
 
 def plan(specs: list[RunSpec], job: str, data_root: Path, gpu: bool, overrides: Overrides | None = None) -> Plan:

@@ -11,6 +11,7 @@ from typing import Any
 from .atomic import atomic_file
 from .config import NAME_RE, RunSpec, check_name
 from .memory.base import REPORTED_CATEGORIES
+from .result_schema import MAX_DEPTH, Malformed, check_result, check_spec, nested_deeper_than, read_bounded
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "oom", "not_applicable", "error", "interrupted")
@@ -49,44 +50,29 @@ class RunResult:
 
     @classmethod
     def from_json(cls, text: str) -> RunResult:
-        """Parse and check a stored result; any malformation raises ValueError."""
+        """Parse and check a stored result; any malformation raises ValueError (result_schema.Malformed)."""
         try:
             data = json.loads(text)
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-            if data.get("schema") != SCHEMA_VERSION:
-                raise ValueError(f"result schema {data.get('schema')} is not {SCHEMA_VERSION}")
+        except RecursionError:
+            raise Malformed(f"nested more than {MAX_DEPTH} levels deep") from None
+        if not isinstance(data, dict):
+            raise Malformed("not a JSON object")
+        if nested_deeper_than(data, MAX_DEPTH):
+            raise Malformed(f"nested more than {MAX_DEPTH} levels deep")
+        if data.get("schema") != SCHEMA_VERSION:
+            raise Malformed(f"result schema {str(data.get('schema'))[:20]} is not {SCHEMA_VERSION}")
+        check_spec(data.get("spec"))
+        try:
             result = cls(**data)
             result.run_spec  # noqa: B018  (the spec must parse too)
         except (TypeError, KeyError, AttributeError) as exc:
-            raise ValueError(f"malformed result: {exc!r}") from None
+            raise Malformed(f"malformed result: {exc!r}") from None
         result.check()
         return result
 
     def check(self) -> None:
         """Field types and values, so that a malformed file fails here and not deep inside a report."""
-        def expect(ok: bool, what: str) -> None:
-            if not ok:
-                raise ValueError(f"malformed result: {what}")
-
-        expect(self.status in STATUSES, f"status {self.status!r} is not one of {', '.join(STATUSES)}")
-        expect(isinstance(self.digest, str), "digest must be a string")
-        for name in ("params", "memory", "timing", "protocol", "metrics", "calibration"):
-            value = getattr(self, name)
-            expect(value is None or isinstance(value, dict), f"{name} must be an object or null")
-        expect(isinstance(self.env, dict), "env must be an object")
-        for name in ("message", "detail"):
-            expect(getattr(self, name) is None or isinstance(getattr(self, name), str), f"{name} must be a string")
-        expect(isinstance(self.started, str) and isinstance(self.finished, str), "started/finished must be strings")
-        for key, value in (self.params or {}).items():
-            expect(value is None or type(value) is int, f"params.{key} must be an integer")
-        for counter, figures in (self.memory or {}).items():
-            expect(isinstance(figures, dict), f"memory.{counter} must be an object")
-            peak = figures.get("peak_bytes")
-            expect(peak is None or type(peak) is int, f"memory.{counter}.peak_bytes must be an integer")
-            for field_name in ("by_category", "by_phase", "by_owner"):
-                expect(isinstance(figures.get(field_name, {}), dict), f"memory.{counter}.{field_name} must be an object")
-        expect(self.spec.get("mode") in PRIMARY_COUNTER, f"spec.mode {self.spec.get('mode')!r} is not a mode")
+        check_result(self)
 
     @property
     def display_order(self) -> tuple[int, str]:
@@ -147,7 +133,7 @@ class ResultStore:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        self.skipped: list[tuple[Path, str]] = []  # result files that could not be read, and why
+        self.skipped: list[tuple[Path, str]] = []  # result files that could not be read, and why (each once)
 
     def run_file(self, spec: RunSpec, suffix: str, folder: str | None = None) -> Path:
         """<root>[/<folder>]/<suite>/<config>/<label>.<mode>.<suffix>: every file of a run is named alike."""
@@ -194,9 +180,11 @@ class ResultStore:
             if path.name.startswith("."):  # a temporary file of an interrupted write
                 continue
             try:
-                found.append((path, RunResult.from_json(path.read_text(encoding="utf-8"))))
-            except (ValueError, OSError, UnicodeDecodeError) as exc:
-                self.skipped.append((path, str(exc)))
+                found.append((path, RunResult.from_json(read_bounded(path))))
+            except (ValueError, OSError) as exc:  # UnicodeDecodeError is a ValueError
+                if path not in {skipped for skipped, _ in self.skipped}:
+                    self.skipped.append((path, exc.strerror if isinstance(exc, OSError) and exc.strerror
+                                         else str(exc)))
         return found
 
     def latest(self, suite: str) -> dict[str, RunResult]:
@@ -212,7 +200,7 @@ class ResultStore:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and NAME_RE.match(p.name) and any(p.glob("*/*.json")))
+                      if p.is_dir() and NAME_RE.fullmatch(p.name) and any(p.glob("*/*.json")))
 
     def is_complete(self, spec: RunSpec, latest: dict[str, RunResult]) -> bool:
         done = latest.get(spec.key)

@@ -25,6 +25,7 @@ CONFIG_KEYS = {
 }
 TOWER_KEYS = {"name", "backbone", "tuned", "weights", "pooling"}
 RUN_KEYS = {"method", "label", "gpus"}  # the rest of a method table are the method's options
+MAX_SEED = 2**32 - 1  # numpy's bound; a training run's batch order seeds torch with seed x 100,003 + epoch
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -141,8 +142,8 @@ class SuiteReader:
         self.typed(data, "attention", str, "the suite", "sdpa")
         self.table(data.get("task_options", {}), "the suite's task_options")
         seed = data.get("seed", 0)
-        if type(seed) is not int or seed < 0:
-            raise self.fail(f"the suite: seed must be a non-negative integer, got {seed!r}", "seed")
+        if type(seed) is not int or not 0 <= seed <= MAX_SEED:
+            raise self.fail(f"the suite: seed must be an integer from 0 to {MAX_SEED}, got {seed!r}", "seed")
         configs = data.get("configs")
         if not isinstance(configs, list) or not configs:
             raise self.fail("the suite needs at least one [[configs]] table")
@@ -169,48 +170,69 @@ class SuiteReader:
         return Suite(name, str(data.get("description", "")), str(self.path), specs, trackers)
 
     def read_config(self, suite: str, defaults: dict[str, Any], config: dict[str, Any]) -> list[RunSpec]:
-        # imported here, not at the top: commands that only name a suite (results, report) never load torch
-        from .backbones import BACKBONES, create_backbone, is_backbone
-        from .methods import METHODS
-        from .tasks import TASKS
-
+        """One [[configs]] table -> its runs, one per methods entry, sharing the configuration's settings."""
         if not isinstance(config, dict):
             raise self.fail("every entry of configs must be a table")
         self.check_keys(config, CONFIG_KEYS, "a [[configs]] table")
         cname = self.name(config, "name", "a [[configs]] table")
         what = f"config {cname!r}"
+        task_name, task_options, task = self.read_task(config, defaults, what)
+        batch = self.typed(config, "batch", int, what)
+        paper = config.get("paper")
+        if paper is not None and not isinstance(paper, str):
+            raise self.fail(f"{what}: paper must be the name of a paper table, e.g. \"table5-bert\", got {paper!r}",
+                            "paper")
+        shared = {
+            "suite": suite, "config": cname, "task": task_name, "task_options": task_options,
+            "steps": self.typed(config, "steps", int, what, defaults.get("steps", 2)),
+            "seed": defaults.get("seed", 0), "mode": "",
+            "accumulate": self.typed(config, "accumulate", int, what, 1),
+            "attention": self.read_attention(config, defaults, what),
+            "train": self.read_options_table(config, TrainSpec, what),
+            "title": str(config.get("title", "")), "paper": paper,
+            "towers": self.read_towers(config, task, what, cname),
+        }
+        ddp = self.read_options_table(config, DdpSpec, what) or {}
+        gpus = self.typed(config, "gpus", int, what, 1)
+        methods = config.get("methods")
+        if not isinstance(methods, list) or not methods:
+            raise self.fail(f"{what} needs a non-empty methods list", cname)
+        return [self.read_run(entry, what, cname, batch, gpus, ddp, shared) for entry in methods]
+
+    def read_task(self, config: dict[str, Any], defaults: dict[str, Any], what: str) -> tuple[str, dict, Any]:
+        """(task name, its options, the task object); the suite's task_options apply to the suite's task only."""
+        from .tasks import TASKS  # here, not at the top: commands that only name a suite never load torch
+
         task_name = self.typed(config, "task", str, what, defaults.get("task", "retrieval"))
         if task_name not in TASKS:
             raise self.fail(f"{what}: unknown task {task_name!r} (known: {', '.join(TASKS.names())})", task_name)
         inherited = defaults.get("task_options", {}) if task_name == defaults.get("task", "retrieval") else {}
         task_options = {**inherited, **self.table(config.get("task_options", {}), f"{what}: task_options")}
         try:
-            task = TASKS.get(task_name).from_options(task_options)
+            return task_name, task_options, TASKS.get(task_name).from_options(task_options)
         except UserError as exc:
             raise self.fail(f"{what}: {exc}", getattr(exc, "key", None)) from None
-        batch = self.typed(config, "batch", int, what)
-        steps = self.typed(config, "steps", int, what, defaults.get("steps", 2))
-        accumulate = self.typed(config, "accumulate", int, what, 1)
+
+    def read_attention(self, config: dict[str, Any], defaults: dict[str, Any], what: str) -> str:
         attention = self.typed(config, "attention", str, what, defaults.get("attention", "sdpa"))
         if attention not in KERNELS:
             raise self.fail(f"{what}: attention must be one of {', '.join(KERNELS)}, got {attention!r}", attention)
-        seed = defaults.get("seed", 0)
-        train = None
-        if "train" in config:
-            try:
-                given = self.table(config["train"], f"{what}: train")
-                checked = TrainSpec.from_options(given).options()
-                train = {k: v for k, v in checked.items() if k in given}  # as written: new fields keep digests
-            except UserError as exc:
-                raise self.fail(f"{what}: {exc}", getattr(exc, "key", "train")) from None
-        ddp = {}
-        if "ddp" in config:
-            try:
-                given = self.table(config["ddp"], f"{what}: ddp")
-                ddp = {k: v for k, v in DdpSpec.from_options(given).options().items() if k in given}  # as written
-            except UserError as exc:
-                raise self.fail(f"{what}: {exc}", getattr(exc, "key", "ddp")) from None
-        gpus_default = self.typed(config, "gpus", int, what, 1)
+        return attention
+
+    def read_options_table(self, config: dict[str, Any], kind: type, what: str) -> dict[str, Any] | None:
+        """The `train` or `ddp` table (kind.name), checked, holding only the keys written: fields added
+        later keep old digests. None when the configuration has no such table."""
+        if kind.name not in config:
+            return None
+        try:
+            given = self.table(config[kind.name], f"{what}: {kind.name}")
+            return {k: v for k, v in kind.from_options(given).options().items() if k in given}
+        except UserError as exc:
+            raise self.fail(f"{what}: {exc}", getattr(exc, "key", kind.name)) from None
+
+    def read_towers(self, config: dict[str, Any], task: Any, what: str, cname: str) -> list[TowerSpec]:
+        from .backbones import BACKBONES, create_backbone, is_backbone
+
         towers = config.get("towers", [])
         if not isinstance(towers, list):
             raise self.fail(f"{what}: towers must be a list of tables", "towers")
@@ -221,37 +243,32 @@ class SuiteReader:
             raise self.fail(f"{what}: {exc}", cname) from None
         if len({t.name for t in towers}) != len(towers):
             raise self.fail(f"{what}: tower names must be distinct", cname)
-        methods = config.get("methods")
-        if not isinstance(methods, list) or not methods:
-            raise self.fail(f"{what} needs a non-empty methods list", cname)
-        specs = []
-        for entry in methods:
-            run = {"method": entry} if isinstance(entry, str) else entry
-            if not isinstance(run, dict) or "method" not in run:
-                raise self.fail(f"{what}: a methods entry must be a name or a table with 'method'", cname)
-            method = run["method"]
-            if not isinstance(method, str) or method not in METHODS:
-                raise self.fail(f"{what}: unknown method {method!r} (known: {', '.join(METHODS.names())})", method)
-            options = {k: v for k, v in run.items() if k not in RUN_KEYS}
-            try:
-                METHODS.get(method).from_options(options)
-            except UserError as exc:
-                raise self.fail(f"{what}: {exc}", getattr(exc, "key", method)) from None
-            label = run.get("label", method)
-            if name_problem(label):
-                raise self.fail(f"{what}: label {name_problem(label)}", str(label))
-            gpus = self.typed(run, "gpus", int, f"{what}, method {label!r}", gpus_default)
-            if batch % gpus:
-                raise self.fail(f"{what}: batch {batch} does not split evenly over {gpus} GPUs", label)
-            specs.append(
-                RunSpec(
-                    suite=suite, config=cname, label=label, method=method, method_options=options,
-                    task=task_name, task_options=task_options, towers=towers, batch=batch // gpus, gpus=gpus,
-                    steps=steps, seed=seed, mode="", accumulate=accumulate, attention=attention, train=train, title=str(config.get("title", "")),
-                    paper=config.get("paper"), ddp=ddp if gpus > 1 else {},  # one GPU: no DDP, digest unchanged
-                )
-            )
-        return specs
+        return towers
+
+    def read_run(self, entry: object, what: str, cname: str, batch: int, gpus_default: int, ddp: dict[str, Any],
+                 shared: dict[str, Any]) -> RunSpec:
+        """One methods entry (a name, or a table of method, label, gpus and the method's options) -> its run."""
+        from .methods import METHODS
+
+        run = {"method": entry} if isinstance(entry, str) else entry
+        if not isinstance(run, dict) or "method" not in run:
+            raise self.fail(f"{what}: a methods entry must be a name or a table with 'method'", cname)
+        method = run["method"]
+        if not isinstance(method, str) or method not in METHODS:
+            raise self.fail(f"{what}: unknown method {method!r} (known: {', '.join(METHODS.names())})", method)
+        options = {k: v for k, v in run.items() if k not in RUN_KEYS}
+        try:
+            METHODS.get(method).from_options(options)
+        except UserError as exc:
+            raise self.fail(f"{what}: {exc}", getattr(exc, "key", method)) from None
+        label = run.get("label", method)
+        if name_problem(label):
+            raise self.fail(f"{what}: label {name_problem(label)}", str(label))
+        gpus = self.typed(run, "gpus", int, f"{what}, method {label!r}", gpus_default)
+        if batch % gpus:
+            raise self.fail(f"{what}: batch {batch} does not split evenly over {gpus} GPUs", label)
+        return RunSpec(**shared, label=label, method=method, method_options=options, batch=batch // gpus, gpus=gpus,
+                       ddp=ddp if gpus > 1 else {})  # one GPU: no DDP, digest unchanged
 
     def read_tower(self, tower: dict[str, Any], what: str, backbones: Any, create: Any, known: Any) -> TowerSpec:
         import torch
@@ -281,6 +298,10 @@ class SuiteReader:
         architecture = hashlib.sha256(repr(built).encode()).hexdigest()[:16] if external else ""
         self.check_keys(tower, TOWER_KEYS | set(shape_keys), f"tower {tname!r} of {what} ({backbone})")
         shape = {k: self.typed(tower, k, int, f"tower {tname!r}") for k in shape_keys if k in tower}
+        tokens, limit = positions_needed(built, shape), position_limit(built)
+        if limit is not None and tokens > limit:
+            raise self.fail(f"{what}: tower {tname!r}: {tokens} tokens do not fit {backbone}'s {limit} position "
+                            "embeddings", "seq_len" if "seq_len" in tower else backbone)
         tuned = tower.get("tuned", True)
         if not isinstance(tuned, bool):
             raise self.fail(f"{what}: tower {tname!r}: tuned must be true or false", "tuned")
@@ -288,6 +309,26 @@ class SuiteReader:
         if pooling is not None and pooling not in POOLINGS:
             raise self.fail(f"{what}: tower {tname!r}: pooling must be one of {', '.join(POOLINGS)}", str(pooling))
         return TowerSpec(tname, backbone, tuned, weights, shape, pooling, architecture)
+
+
+def position_limit(built: Any) -> int | None:
+    """How many tokens a transformer's learned position table holds (None: no such table, e.g. a GRU or a CNN).
+    RoBERTa's positions start after the padding index, so two of its 514 are never a token's."""
+    for module in built.modules():
+        config = getattr(module, "config", None)
+        positions = getattr(config, "max_position_embeddings", None)
+        if isinstance(positions, int):
+            if "roberta" in str(getattr(config, "model_type", "")):
+                positions -= (getattr(config, "pad_token_id", None) or 0) + 1
+            return positions
+    return None
+
+
+def positions_needed(built: Any, shape: dict[str, int]) -> int:
+    """The tokens a tower's position table must cover: its text (seq_len), and in a joint encoder the grid's
+    tokens too, which follow the text in one sequence (backbones/joint.py)."""
+    full = {**built.shape_defaults, **shape}
+    return full.get("seq_len", 0) + (full.get("grid", 0) if getattr(built, "kind", "") == "joint" else 0)
 
 
 def load_suite(name_or_path: str) -> Suite:

@@ -35,6 +35,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(show_lines=False)
@@ -48,7 +49,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         step = r["step_seconds"]
         table.add_row(
-            r["config"], r["method"], r["mode"], r["status"], f"{r['batch']}x{r['gpus']}" if r["gpus"] > 1 else str(r["batch"]),
+            *(escape(str(r[key])) for key in ("config", "method", "mode", "status")), f"{r['batch']}x{r['gpus']}" if r["gpus"] > 1 else str(r["batch"]),
             human_count(r["trainable_params"]), human_count(r["trainable_method_params"]),
             human_count(r["trainable_head_params"]), human_bytes(r["peak_bytes"]), human_bytes(r["activations_bytes"]),
             human_bytes(r["grads_bytes"]), human_bytes(r["optimizer_state_bytes"]),

@@ -12,7 +12,7 @@ import click
 from ..errors import UserError
 from ..launchers import LaunchSettings, get
 from .app import cli, out_option
-from .common import resolve_mode, run_with_progress, summarize, tracker_list
+from .common import resolve_mode, run_with_progress, summarize, tracker_list, warn_skipped
 from .launcher_options import launcher_options
 
 
@@ -89,9 +89,13 @@ def run(suite: str, mode: str, methods: str | None, out: str, force: bool, busy_
     mode, why = resolve_mode(mode, trains=planned.trains)
     specs = [RunSpec.from_dict({**s.to_dict(), "mode": mode}) for s in planned.specs]
     check_writable_dir(out, "--out")
+    if launch.checkpoint_dir and not launch.ray_address:  # else the folder is the cluster's, maybe not here;
+        # a local check now, not at the first checkpoint, eval_every steps into training
+        check_writable_dir(launch.checkpoint_dir, "--checkpoint-dir")
     options["trackers"] = loaded.trackers if trackers is None else tracker_list(trackers)
     store = ResultStore(out)
     latest = store.latest(loaded.name)
+    warn_skipped(store)
     todo = [s for s in specs if force or not store.is_complete(s, latest)]
     click.echo(f"{loaded.name}: {len(specs)} runs in {why}")
     for note in planned.notes:

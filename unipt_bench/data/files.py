@@ -43,6 +43,40 @@ def read_json(path: Path, what: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise UserError(f"{path}: {what} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise UserError(f"{path}: {what} is nested too deeply to read") from None
+
+
+def npy_shape_problem(path: Path) -> str:
+    """Why a .npy file's header does not describe an array ("" when it does): numpy's own loader turns a
+    negative or huge dimension into OverflowError, TypeError or worse, depending on the version."""
+    import numpy as np
+
+    try:
+        with path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read_header:
+                return f".npy format version {version[0]}.{version[1]} (this reads 1.0 and 2.0)"
+            shape, _, _ = read_header[version](f)
+    except (OSError, ValueError, EOFError, SyntaxError, TypeError) as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if not all(type(n) is int and 0 <= n < 2**63 for n in shape):
+        return f"its header gives shape {str(shape)[:60]}"
+    return ""
+
+
+def load_npy(path: Path, expected: str, mmap_mode: str | None = "r") -> Any:
+    """A .npy array (memory-mapped by default): any file numpy cannot take is one UserError naming it."""
+    import numpy as np
+
+    problem = npy_shape_problem(path)
+    if not problem:
+        try:
+            return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+        except (OSError, ValueError, EOFError, OverflowError, TypeError, MemoryError) as exc:
+            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    raise UserError(f"{path}: not a NumPy .npy array ({problem}); {expected}")
 
 
 def typed(value: Any, kind: type, path: Path, where: str) -> Any:

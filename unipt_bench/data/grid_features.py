@@ -32,7 +32,7 @@ from PIL import Image
 
 from ..atomic import atomic_file, write_atomic
 from ..errors import UserError
-from .files import expect, field, read_json, typed
+from .files import expect, field, load_npy, read_json, typed
 
 FORMAT, VERSION = "unipt-bench grid features", 1
 BATCH = 16  # images per extractor forward
@@ -185,11 +185,7 @@ def read_part(folder: Path, part: str) -> Part:
     if not array_path.is_file():
         raise UserError(f"missing {array_path} (grid features float16 [{len(ids)}, {grid}, {dim}], listed in "
                         f"{index_path.name})")
-    try:
-        array = np.load(array_path, mmap_mode="r")
-    except (ValueError, OSError) as exc:
-        raise UserError(f"{array_path}: not a readable .npy array ({str(exc).splitlines()[0]}); expected float16 "
-                        f"[{len(ids)}, {grid}, {dim}]") from None
+    array = load_npy(array_path, f"expected float16 [{len(ids)}, {grid}, {dim}]")
     expect(array.shape == (len(ids), grid, dim) and array.dtype.kind == "f", array_path,
            f"grid features of shape [{', '.join(map(str, array.shape))}] ({array.dtype}); expected float "
            f"[{len(ids)}, {grid}, {dim}] (the {len(ids)} images of {index_path.name}, {grid} grid cells, {dim} channels)")

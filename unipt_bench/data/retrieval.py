@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .files import brief, check_images, expect, field, read_json, read_text, typed
+from .files import brief, check_images, expect, field, load_npy, read_json, read_text, typed
 
 KARPATHY_SPLITS = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}
 
@@ -63,10 +63,7 @@ def load_karpathy(json_path: Path, image_dir: Path, split: str) -> ImageTextData
 def load_features(path: Path) -> np.ndarray:
     """Region features [images, regions, dims] from a .npy file, memory-mapped."""
     expected = "expected region features [images, regions, dims]"
-    try:
-        features = np.load(path, mmap_mode="r")
-    except (OSError, ValueError, EOFError) as exc:
-        raise UserError(f"{path}: not a NumPy .npy array ({exc}); {expected}") from None
+    features = load_npy(path, expected)
     expect(isinstance(features, np.ndarray), path, f"not a NumPy .npy array (an .npz archive?); {expected}")
     expect(features.ndim == 3 and all(features.shape), path, f"{expected}, got shape {features.shape}")
     expect(features.dtype.kind in "fiu", path, f"{expected} of numbers, got dtype {features.dtype}")

@@ -232,7 +232,7 @@ class VideoFrames:
     def read_cached(self, path: Path) -> np.ndarray | None:
         try:
             array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError):
+        except (OSError, ValueError, EOFError, OverflowError, TypeError, MemoryError):
             return None  # absent or unreadable: decode again
         if array.dtype != np.uint8 or array.shape != (self.frames, 3, self.size, self.size):
             return None

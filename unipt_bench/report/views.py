@@ -301,7 +301,7 @@ def table_figures(view: TableView) -> dict[str, str]:
         out["breakdown"] = figures.stacked_bars(labels, parts, figures.CATEGORY_COLORS,
                                                 f"{view.config}: peak memory by category ({view.mode})")
     if all("by_owner" in r.memory for r in ok):
-        parts = {o: [sum(r.memory["by_owner"][o].values()) for r in ok] for o in OWNERS}
+        parts = {o: [sum(r.memory["by_owner"].get(o, {}).values()) for r in ok] for o in OWNERS}  # none: 0
         out["owners"] = figures.stacked_bars(labels, parts, figures.OWNER_COLORS,
                                              f"{view.config}: peak memory by owner ({view.mode})")
     points = tradeoff_points(view, ok)
