@@ -67,7 +67,8 @@ def is_stream(path: Path | str) -> bool:
 @contextmanager
 def write_through(path: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a stream output (see `is_stream`) for writing in place. A FIFO is opened non-blocking: with no
-    reader the open fails (ENXIO) instead of waiting forever; writes then block as usual."""
+    reader the open fails (ENXIO) instead of waiting forever; writes then block as usual. Always appending:
+    a regular file behind /dev/stdout is the shell's redirection (`>` emptied it, `>>` keeps what is there)."""
     if str(path) == STDOUT:
         stream = sys.stdout.buffer if "b" in mode else sys.stdout
         try:
@@ -76,9 +77,8 @@ def write_through(path: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
         except OSError as exc:
             raise cannot_write("stdout", exc) from None
         return
-    flags = os.O_WRONLY | os.O_NONBLOCK | (os.O_APPEND if "a" in mode else os.O_TRUNC)
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND)
     except OSError as exc:
         if exc.errno == errno.ENXIO:
             raise WriteError(f"{path}: a FIFO that nobody reads; start its reader first") from None
