@@ -38,7 +38,8 @@ class WriteError(UserError, OSError):
 
 
 def cannot_write(path: Path | str, exc: OSError) -> WriteError:
-    return WriteError(f"{path}: cannot write ({exc.strerror or exc})")
+    """The one-line error for a failed write of `path` (an error that already is one stays as it is)."""
+    return exc if isinstance(exc, WriteError) else WriteError(f"{path}: cannot write ({exc.strerror or exc})")
 
 
 def through_fd_path(path: Path | str) -> bool:
@@ -123,7 +124,7 @@ def atomic_file(path: Path, mode: str = "w", exclusive: bool = False) -> Iterato
             os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and not isinstance(exc, (FileExistsError, WriteError)):
+        if isinstance(exc, OSError) and not isinstance(exc, FileExistsError):
             raise cannot_write(path, exc) from None
         raise
 
@@ -143,8 +144,6 @@ def append_text(path: Path | str, text: str) -> None:
             return
         with open(path, "a", encoding="utf-8") as f:
             f.write(text)
-    except WriteError:
-        raise
     except OSError as exc:
         raise cannot_write(path, exc) from None
 
