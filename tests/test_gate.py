@@ -113,7 +113,11 @@ def test_other_protocols_are_incomparable_not_compared(baseline) -> None:
     changes = compare(other, run_all(), 0.0)
     assert [c.verdict for c in changes] == ["incomparable", "incomparable"]
     assert "attention" in changes[1].reason and "spec changed" in changes[0].reason
-    assert not failed(changes, strict=True)
+    assert failed(changes, strict=False)  # nothing was compared: the gate judged nothing, so it fails
+    assert "No figure was compared" in markdown("smoke", changes, 0.0, strict=False)
+    other["entries"]["bert/lora/estimate"]["digest"] = baseline["entries"]["bert/lora/estimate"]["digest"]
+    changes = compare(other, run_all(), 0.0)  # one run compared, the other incomparable: passes
+    assert {c.verdict for c in changes} == {"ok", "incomparable"} and not failed(changes, strict=True)
 
 
 @pytest.mark.slow
@@ -125,6 +129,42 @@ def test_missing_runs_fail_and_new_runs_are_reported(baseline) -> None:
     del partial["entries"]["bert/lora/estimate"]
     changes = compare(partial, results, 0.0)
     assert any(c.verdict == "new" for c in changes) and not failed(changes, strict=False)
+
+
+def test_a_baseline_without_figures_fails_the_gate(baseline) -> None:
+    """Entries that hold no metrics compare nothing: the gate fails instead of passing with 0 figures."""
+    empty = json.loads(json.dumps(baseline))
+    for entry in empty["entries"].values():
+        entry["metrics"] = {}
+    changes = compare(empty, run_all(), 0.0)
+    assert changes and {c.verdict for c in changes} == {"incomparable"} and failed(changes, strict=False)
+    root = ET.fromstring(junit("smoke", changes, strict=False))
+    assert root.find("testsuite").get("failures") == "1"
+
+
+def test_a_baseline_records_its_suite_and_another_suite_is_refused(baseline, tmp_path) -> None:
+    from unipt_bench.errors import UserError
+    from unipt_bench.gate import load_baseline
+
+    path = tmp_path / "smoke.json"
+    path.write_text(dump(baseline))
+    assert load_baseline(path, "smoke")["suite"] == "smoke"
+    with pytest.raises(UserError, match="a baseline of suite 'smoke', not 'flickr30k'"):
+        load_baseline(path, "flickr30k")
+    path.write_text(dump({k: v for k, v in baseline.items() if k != "suite"}))
+    with pytest.raises(UserError, match="names no suite"):
+        load_baseline(path, "smoke")
+
+
+@pytest.mark.parametrize("name", ["smoke.json", "flickr30k-t5-bert.json"])
+def test_the_committed_baselines_name_their_suite(name) -> None:
+    from pathlib import Path
+
+    from unipt_bench.gate import load_baseline
+
+    path = Path(__file__).parent.parent / "baselines" / name
+    suite = name.split("-")[0].removesuffix(".json")
+    assert load_baseline(path, suite)["entries"]
 
 
 SUITE = """

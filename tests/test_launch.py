@@ -46,3 +46,22 @@ def test_a_data_parallel_run_gets_a_lane_with_enough_gpus(monkeypatch) -> None:
     envs = launch.lane_env("cuda", 2, per_run)
     assert [envs[k]["CUDA_VISIBLE_DEVICES"] for k in (0, 1)] == ["0,1", "2,3"]
     assert launch.lane_env("cuda", 3, 8)[2]["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4"  # too few: every lane sees all
+
+
+def test_an_error_in_a_lane_thread_reaches_the_caller_after_the_other_items() -> None:
+    """A lane thread that fails (here: storing an outcome) never dies silently: the other lanes finish the
+    remaining items, then the calling thread raises the error."""
+    from unipt_bench.runner import Lane, serve_lanes
+
+    finished = []
+
+    def finish(item: int, out: int) -> None:
+        if item == 2:
+            raise OSError("the store is full")
+        finished.append(out)
+
+    with pytest.raises(OSError, match="the store is full"):
+        serve_lanes([1, 2, 3, 4, 5], [Lane(isolate=False), Lane(isolate=False)], work=lambda lane, item: item * 10,
+                    finish=finish, on_start=lambda item: None, interrupted=lambda item: None,
+                    crashed=lambda item, exc: -1)
+    assert sorted(finished) == [10, 30, 40, 50]

@@ -47,9 +47,9 @@ def test_a_run_that_was_ok_and_now_fails_fails_the_gate(spec_factory, status, st
 
 
 def test_a_run_that_never_was_ok_is_not_broken(spec_factory) -> None:
-    spec = spec_factory("lora")
-    baseline = make_baseline("test", [result(spec, "not_applicable")])
-    changes = compare(baseline, [result(spec, "not_applicable")], 0.0)
+    spec, compared = spec_factory("lora"), spec_factory("unipt")  # one figure compared: a gate must judge one
+    baseline = make_baseline("test", [result(spec, "not_applicable"), result(compared)])
+    changes = compare(baseline, [result(spec, "not_applicable"), result(compared)], 0.0)
     assert not failed(changes, strict=True)
 
 

@@ -55,7 +55,8 @@ def dump(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-def load_baseline(path: Path) -> dict[str, Any]:
+def load_baseline(path: Path, suite: str | None = None) -> dict[str, Any]:
+    """A baseline file, its entries checked; with `suite`, it must be that suite's (its `suite` field)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -64,6 +65,10 @@ def load_baseline(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: not a baseline file ({exc})") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("entries"), dict):
         raise UserError(f"{path}: not a unipt-bench baseline (schema {SCHEMA})")
+    if suite is not None and data.get("suite") != suite:
+        if not isinstance(data.get("suite"), str):
+            raise UserError(f"{path}: the baseline names no suite; write it again with --update")
+        raise UserError(f"{path}: a baseline of suite {data['suite']!r}, not {suite!r}")
     for key, value in data["entries"].items():
         problem = entry_problem(value)
         if problem:
@@ -178,9 +183,15 @@ def failing_verdicts(strict: bool) -> set[str]:
     return {"regression", "broken", "missing"} | ({"improvement"} if strict else set())
 
 
+def compared(changes: list[Change]) -> int:
+    """How many figures were judged against the baseline (not new, missing or incomparable)."""
+    return sum(c.verdict not in ("incomparable", "new", "missing") for c in changes)
+
+
 def failed(changes: list[Change], strict: bool) -> bool:
+    """A failing verdict, or nothing compared at all: a gate that judged no figure has passed nothing."""
     bad = failing_verdicts(strict)
-    return any(c.verdict in bad for c in changes)
+    return not compared(changes) or any(c.verdict in bad for c in changes)
 
 
 def human(n: int | None) -> str:
@@ -197,8 +208,11 @@ def markdown(suite: str, changes: list[Change], tolerance: float, strict: bool) 
              f"Tolerance {tolerance:.2%}{', strict' if strict else ''}: "
              + ", ".join(f"{n} {v}" for v, n in verdicts.items() if n), ""]
     shown = [c for c in changes if c.verdict != "ok"]
-    if not shown:
+    if not compared(changes):
+        lines += ["No figure was compared (every run is new, missing or incomparable): the gate fails.", ""]
+    elif not shown:
         lines.append("Every compared figure is within the tolerance.")
+    if not shown:
         return "\n".join(lines) + "\n"
     lines += ["| run | counter | metric | baseline | now | delta | verdict |", "|---|---|---|---:|---:|---:|---|"]
     for c in shown:
@@ -215,7 +229,7 @@ def junit(suite: str, changes: list[Change], strict: bool) -> str:
         runs.setdefault(c.run, []).append(c)
     bad = failing_verdicts(strict)
     root = ET.Element("testsuites")
-    cases = ET.SubElement(root, "testsuite", name=f"unipt-bench gate: {suite}", tests=str(len(runs)), errors="0")
+    cases = ET.SubElement(root, "testsuite", name=f"unipt-bench gate: {suite}", errors="0")
     failures = skipped = 0
     for run, items in runs.items():
         config, _, rest = run.partition("/")
@@ -232,6 +246,11 @@ def junit(suite: str, changes: list[Change], strict: bool) -> str:
         elif skip:
             skipped += 1
             ET.SubElement(case, "skipped", message=skip[0].reason or skip[0].verdict)
+    if not compared(changes):  # the gate itself fails: nothing was judged
+        failures += 1
+        case = ET.SubElement(cases, "testcase", classname=suite, name="figures compared")
+        ET.SubElement(case, "failure", type="nothing-compared", message="no figure was compared with the baseline")
+    cases.set("tests", str(len(cases)))
     cases.set("failures", str(failures))
     cases.set("skipped", str(skipped))
     ET.indent(root)

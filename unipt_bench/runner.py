@@ -7,6 +7,7 @@ allocator blocks never carry over. Results are written as soon as each run ends.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import signal
@@ -177,6 +178,77 @@ def run_options(spec: RunSpec, store: ResultStore, options: dict[str, Any] | Non
     return run_options
 
 
+NOTHING_LEFT = object()  # what a lane gets when no item is left for it (or the pool stopped)
+
+
+class LanePool:
+    """Items handed out to lanes, each lane taking the next one when it is free; what is in flight, per lane.
+
+    `finish` gets each item's outcome as it ends (under the pool's lock); `crashed` turns an exception of
+    `work` into an outcome, so an item never goes without one. `stop()` kills every lane and returns the
+    items in flight, whose outcomes are then never finished."""
+
+    def __init__(self, items: list[T], lanes: list[Lane], work: Callable[[Lane, T], R],
+                 finish: Callable[[T, R], None], on_start: Callable[[T], None],
+                 crashed: Callable[[T, Exception], R]) -> None:
+        self.pending, self.lanes = list(reversed(items)), lanes
+        self.work, self.finish, self.on_start, self.crashed = work, finish, on_start, crashed
+        self.in_flight: dict[int, T] = {}
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.errors: list[BaseException] = []  # raised in a lane thread: re-raised by the calling thread
+
+    def take(self, k: int) -> Any:
+        """The next item for lane k (now in flight), or NOTHING_LEFT."""
+        with self.lock:
+            if self.stopped.is_set() or not self.pending:
+                return NOTHING_LEFT
+            item = self.in_flight[k] = self.pending.pop()
+            self.on_start(item)
+            return item
+
+    def serve(self, k: int) -> None:
+        """Lane k's loop: take an item, work it, finish its outcome; until no item is left or the pool stops."""
+        while (item := self.take(k)) is not NOTHING_LEFT:
+            try:
+                out = self.work(self.lanes[k], item)
+            except Exception as exc:  # noqa: BLE001  (a lane never dies silently: its item gets an outcome)
+                out = self.crashed(item, exc)
+            with self.lock:
+                if self.stopped.is_set():
+                    return  # stop() has handed this item to the caller
+                del self.in_flight[k]
+                self.finish(item, out)
+
+    def serve_in_thread(self, k: int) -> None:
+        """`serve` in a lane thread: whatever escapes it is kept for the calling thread to raise."""
+        try:
+            self.serve(k)
+        except BaseException as exc:  # noqa: BLE001
+            self.errors.append(exc)
+
+    def serve_in_threads(self) -> None:
+        """One thread per lane; the calling thread waits (and so stays the one that gets Ctrl-C)."""
+        threads = [threading.Thread(target=self.serve_in_thread, args=(k,), daemon=True) for k in range(len(self.lanes))]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(timeout=0.2)
+        if self.errors:
+            raise self.errors[0]
+
+    def stop(self) -> list[T]:
+        """Kill every lane and return the items that were in flight."""
+        self.stopped.set()
+        for lane in self.lanes:
+            lane.kill()
+        with self.lock:
+            stopped = list(self.in_flight.values())
+            self.in_flight.clear()
+        return stopped
+
+
 def serve_lanes(
     items: list[T],
     lanes: list[Lane],
@@ -186,67 +258,30 @@ def serve_lanes(
     interrupted: Callable[[T], None],
     crashed: Callable[[T, Exception], R],
 ) -> None:
-    """Work through `items`, each lane taking the next item when it is free (one thread per lane; the
-    calling thread itself when there is one lane); `finish` gets each item's outcome as it ends, under a
-    lock. Ctrl-C kills every lane, calls `interrupted` for each item in flight, and re-raises."""
-    lock = threading.Lock()
-    if len(lanes) == 1:
-        (lane,) = lanes
-        try:
-            for item in items:
-                on_start(item)
-                try:
-                    out = work(lane, item)
-                except KeyboardInterrupt:
-                    lane.kill()
-                    interrupted(item)
-                    raise
-                finish(item, out)
-        finally:
-            lane.close()
-        return
-
-    pending = list(reversed(items))
-    in_flight: dict[int, T] = {}
-    stop = threading.Event()
-
-    def serve(k: int) -> None:
-        while not stop.is_set():
-            with lock:
-                if not pending:
-                    return
-                item = in_flight[k] = pending.pop()
-                on_start(item)
-            try:
-                out = work(lanes[k], item)
-            except Exception as exc:  # noqa: BLE001  (a lane never dies silently: its item gets an outcome)
-                out = crashed(item, exc)
-            if stop.is_set():
-                return  # interrupted: the main thread records this item
-            with lock:
-                in_flight.pop(k, None)
-                finish(item, out)
-
-    threads = [threading.Thread(target=serve, args=(k,), daemon=True) for k in range(len(lanes))]
-    for t in threads:
-        t.start()
+    """Work through `items` on `lanes` (a LanePool: one thread per lane, or the calling thread itself when
+    there is one lane). Ctrl-C kills every lane, calls `interrupted` for each item in flight, and re-raises."""
+    pool = LanePool(items, lanes, work, finish, on_start, crashed)
     try:
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(timeout=0.2)
+        if len(lanes) == 1:
+            pool.serve(0)
+        else:
+            pool.serve_in_threads()
     except KeyboardInterrupt:
-        stop.set()
-        for lane in lanes:
-            lane.kill()
-        with lock:
-            stopped = list(in_flight.values())
-            in_flight.clear()
-        for item in stopped:
+        for item in pool.stop():
             interrupted(item)
         raise
     finally:
         for lane in lanes:
             lane.close()
+
+
+def check_store(specs: list[RunSpec], store: ResultStore) -> None:
+    """Refuse, in one line and before any run starts, a store that cannot take these runs' results: every
+    folder they go to is made and a file created there (a file where a folder should be, a read-only folder)."""
+    from .atomic import check_writable_dir
+
+    for folder in sorted({store.run_file(spec, "json").parent for spec in specs}):
+        check_writable_dir(folder, "result store")
 
 
 def launch_runs(
@@ -261,18 +296,23 @@ def launch_runs(
 ) -> tuple[list[RunResult], list[str]]:
     """Run specs where `settings` (a launchers.LaunchSettings; default: local lanes) say, the driver writing
     each result as it arrives; returns the results and one line per run still pending (Slurm, no --wait).
-    Ctrl-C records `interrupted` for every run that has not ended and re-raises."""
+    A result the store cannot take (disk full) is returned as an error naming the store: the command
+    reports it and fails. Ctrl-C records `interrupted` for every run that has not ended and re-raises."""
     from .launchers import Events, LaunchSettings, Work, launch
 
     settings = settings or LaunchSettings()
     results: list[RunResult] = []
+    check_store(specs, store)
 
     def options_for(spec: RunSpec) -> dict[str, Any]:
         return run_options(spec, store, options, snapshots, settings.checkpoint_dir)
 
     def done(spec: RunSpec, outcome: dict[str, Any]) -> None:
         result = RunResult(**outcome)
-        store.write(result)
+        try:
+            store.write(result)
+        except OSError as exc:  # the store filled up or went away: the run is lost, and says so
+            result = dataclasses.replace(result, status="error", message=f"result lost, not stored in {store.root}: {exc}")
         results.append(result)
         on_result(result)
 

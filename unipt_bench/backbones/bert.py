@@ -49,7 +49,7 @@ def minilm_path() -> str:
     default_weights="packaged",
 )
 def minilm_l6(weights: str = "random") -> HFEncoder:
-    return bert(BertConfig.from_pretrained(minilm_path()), weights)
+    return bert(BertConfig.from_pretrained(minilm_path(), trust_remote_code=False), weights)
 
 
 @register_backbone("tiny-bert", "2-layer BERT, width 32, for tests", tiny=True)

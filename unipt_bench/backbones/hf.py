@@ -49,10 +49,21 @@ ARCHITECTURE_FIELDS = (
 )
 
 
+def refuse_remote_code(settings: object, source: str, file: str = "config.json") -> None:
+    """One-line error for a checkpoint whose `file` names its own Python classes (`auto_map`): transformers
+    would import and run them (after a prompt); the benchmark never runs a checkpoint's code."""
+    if isinstance(settings, dict) and "auto_map" in settings:
+        raise UserError(f"{source}: its {file} asks to run the checkpoint's own Python code (auto_map), "
+                        "which unipt-bench never does; use a model whose classes transformers ships")
+
+
 def read_config(config_cls: type[PretrainedConfig], source: str, what: str = "load weights") -> PretrainedConfig:
-    """A checkpoint's config (hub name or local folder), as `config_cls`; one-line error when unreadable."""
+    """A checkpoint's config (hub name or local folder), as `config_cls`; one-line error when unreadable or
+    when it asks for remote code (read as plain JSON first, so no code is imported to find out)."""
     try:
-        return config_cls.from_pretrained(source)
+        settings, _ = PretrainedConfig.get_config_dict(source)
+        refuse_remote_code(settings, source)
+        return config_cls.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         where = "local path" if Path(source).exists() else "hub name (is it in the local cache?)"
         raise UserError(f"cannot {what} from {where} {source!r}: {str(exc).splitlines()[0]}") from None
@@ -86,7 +97,8 @@ def load_hf_model(
     if weights.startswith(CONFIG_ONLY):
         return model_cls(found, **kwargs)
     try:
-        return model_cls.from_pretrained(source, config=found, use_safetensors=None, **kwargs)
+        return model_cls.from_pretrained(source, config=found, use_safetensors=None, trust_remote_code=False,
+                                         **kwargs)
     except OSError as exc:
         where = "local path" if Path(source).exists() else "hub name (is it in the local cache?)"
         raise UserError(f"cannot load weights from {where} {source!r}: {str(exc).splitlines()[0]}") from None

@@ -80,7 +80,7 @@ def hf_backbone(source: str, weights: str = "random") -> HFEncoder:
         if differences:
             raise UserError(f"weights {weights!r} have another architecture than hf:{source}: {'; '.join(differences)}")
         try:
-            model = model_cls.from_pretrained(weights, config=config, use_safetensors=None)
+            model = model_cls.from_pretrained(weights, config=config, use_safetensors=None, trust_remote_code=False)
         except OSError as exc:
             raise UserError(f"cannot load weights from {weights!r}: {str(exc).splitlines()[0]}") from None
     if hasattr(model, "pooler"):

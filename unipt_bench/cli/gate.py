@@ -6,6 +6,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -46,43 +47,59 @@ def gate(suite: str, baseline: str, tolerance: str, metrics: str | None, mode: s
          configs: str | None, update: bool, strict: bool, no_run: bool, junit_file: str | None,
          markdown_file: str | None, bench_file: str | None, out: str) -> None:
     """Compare a suite's memory with a baseline: exit 1 on a regression beyond the tolerance."""
-    from ..atomic import check_writable_dir, check_writable_file, write_atomic
-    from ..gate import (
-        DEFAULT_METRICS,
-        benchmark_json,
-        compare,
-        dump,
-        failed,
-        junit,
-        load_baseline,
-        make_baseline,
-    )
-    from ..gate import markdown as gate_markdown
-    from ..results import ResultStore
-    from ..suite_file import load_suite, select_methods
+    from ..atomic import write_atomic
+    from ..gate import compare, dump, failed, load_baseline, make_baseline
+    from ..suite_file import load_suite
 
     limit = parse_tolerance(tolerance)
-    outputs = {"--junit": junit_file, "--markdown": markdown_file, "--benchmark-json": bench_file,
-               "$GITHUB_STEP_SUMMARY": os.environ.get("GITHUB_STEP_SUMMARY"), **({"--baseline": baseline} if update else {})}
-    for option, path in outputs.items():
-        if path:
-            check_writable_file(path, option)
-    check_writable_dir(out, "--out")
+    chosen = metric_list(metrics)
+    outputs = {"--junit": junit_file, "--markdown": markdown_file, "--benchmark-json": bench_file}
+    check_outputs({**outputs, **({"--baseline": baseline} if update else {})}, out)
+    loaded = load_suite(suite)
     if not update:
-        load_baseline(Path(baseline))  # a bad baseline fails before anything runs
+        load_baseline(Path(baseline), loaded.name)  # a bad baseline, or another suite's, fails before anything runs
+    current = current_results(loaded, mode, methods, configs, out, no_run)
+    if update:
+        write_atomic(Path(baseline), dump(make_baseline(loaded.name, current)))
+        click.echo(f"wrote {baseline}: {len(current)} runs of {loaded.name} ({mode})")
+        return
+    changes = compare(load_baseline(Path(baseline), loaded.name), current, limit, chosen)
+    echo_changes(loaded.name, changes, limit, strict)
+    write_outputs(loaded.name, changes, current, limit, strict, outputs)
+    if failed(changes, strict):
+        sys.exit(1)
+
+
+def metric_list(metrics: str | None) -> tuple[str, ...]:
+    """--metric a,b: figures the gate knows (all of them when not given)."""
+    from ..gate import DEFAULT_METRICS
+
     chosen = tuple(m.strip() for m in metrics.split(",")) if metrics else DEFAULT_METRICS
     unknown = [m for m in chosen if m not in DEFAULT_METRICS]
     if unknown:
         raise UserError(f"--metric: unknown {', '.join(unknown)} (known: {', '.join(DEFAULT_METRICS)})")
-    loaded = load_suite(suite)
+    return chosen
+
+
+def check_outputs(outputs: dict[str, str | None], out: str) -> None:
+    """Every file the gate will write, $GITHUB_STEP_SUMMARY and the store: writable, checked before any run."""
+    from ..atomic import check_writable_dir, check_writable_file
+
+    for option, path in {**outputs, "$GITHUB_STEP_SUMMARY": os.environ.get("GITHUB_STEP_SUMMARY")}.items():
+        if path:
+            check_writable_file(path, option)
+    check_writable_dir(out, "--out")
+
+
+def current_results(loaded: Any, mode: str, methods: str | None, configs: str | None, out: str,
+                    no_run: bool) -> list[Any]:
+    """The chosen runs' current results (same spec digest), running the ones not stored yet unless --no-run."""
+    from ..jobs import select_configs
+    from ..results import ResultStore
+    from ..suite_file import select_methods
+
     resolve_mode(mode)
-    specs = select_methods(loaded.with_mode(mode), methods)
-    if configs:
-        wanted = {c.strip() for c in configs.split(",")}
-        unknown = wanted - {s.config for s in specs}
-        if unknown:
-            raise UserError(f"--configs: {', '.join(sorted(unknown))} not in {loaded.name}")
-        specs = [s for s in specs if s.config in wanted]
+    specs = select_configs(select_methods(loaded.with_mode(mode), methods), configs, loaded.name)
     store = ResultStore(out)
     if not no_run:
         latest = store.latest(loaded.name)
@@ -91,32 +108,39 @@ def gate(suite: str, baseline: str, tolerance: str, metrics: str | None, mode: s
             click.echo(f"{loaded.name}: running {len(todo)} of {len(specs)} runs in {mode} mode")
             run_with_progress(todo, store)
     latest = store.latest(loaded.name)
-    current = [latest[s.key] for s in specs if s.key in latest and latest[s.key].digest == s.digest()]
-    if update:
-        write_atomic(Path(baseline), dump(make_baseline(loaded.name, current)))
-        click.echo(f"wrote {baseline}: {len(current)} runs of {loaded.name} ({mode})")
-        return
-    changes = compare(load_baseline(Path(baseline)), current, limit, chosen)
-    summary = gate_markdown(loaded.name, changes, limit, strict)
+    return [latest[s.key] for s in specs if s.key in latest and latest[s.key].digest == s.digest()]
+
+
+def echo_changes(suite: str, changes: list[Any], limit: float, strict: bool) -> None:
+    """One line per figure that is not ok, then the verdict with the number of figures compared."""
+    from ..gate import compared, failed
+
     for change in changes:
-        if change.verdict != "ok":
-            delta = "" if change.delta is None else f" {change.delta:+,} B" if change.metric.endswith("bytes") else f" {change.delta:+,}"
-            click.echo(f"  {change.verdict:<12} {change.run:<32} {change.metric:<24}"
-                       f" {change.baseline if change.baseline is not None else '-'} -> "
-                       f"{change.now if change.now is not None else '-'}{delta}"
-                       + (f"  ({change.reason})" if change.reason else ""))
-    compared = sum(c.verdict not in ("incomparable", "new", "missing") for c in changes)
-    click.echo(f"{loaded.name}: {compared} figures compared at {limit:.2%}: "
+        if change.verdict == "ok":
+            continue
+        unit = " B" if change.metric.endswith("bytes") else ""
+        delta = "" if change.delta is None else f" {change.delta:+,}{unit}"
+        before = "-" if change.baseline is None else change.baseline
+        after = "-" if change.now is None else change.now
+        click.echo(f"  {change.verdict:<12} {change.run:<32} {change.metric:<24} {before} -> {after}{delta}"
+                   + (f"  ({change.reason})" if change.reason else ""))
+    count = compared(changes)
+    why = "" if count else " (every run is new, missing or incomparable: nothing to judge)"
+    click.echo(f"{suite}: {count} figures compared at {limit:.2%}{why}: "
                + ("FAILED" if failed(changes, strict) else "passed"))
-    for path, text in ((junit_file, junit(loaded.name, changes, strict)), (markdown_file, summary),
-                       (bench_file, benchmark_json(current))):
+
+
+def write_outputs(suite: str, changes: list[Any], current: list[Any], limit: float, strict: bool,
+                  outputs: dict[str, str | None]) -> None:
+    """JUnit, Markdown and benchmark JSON where asked; the Markdown also appended to $GITHUB_STEP_SUMMARY."""
+    from ..atomic import append_text, write_atomic
+    from ..gate import benchmark_json, junit, markdown
+
+    summary = markdown(suite, changes, limit, strict)
+    texts = {"--junit": lambda: junit(suite, changes, strict), "--markdown": lambda: summary,
+             "--benchmark-json": lambda: benchmark_json(current)}
+    for option, path in outputs.items():
         if path:
-            write_atomic(Path(path), text)
+            write_atomic(Path(path), texts[option]())
     if os.environ.get("GITHUB_STEP_SUMMARY"):
-        try:
-            with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as f:
-                f.write(summary)
-        except OSError as exc:
-            raise UserError(f"$GITHUB_STEP_SUMMARY {os.environ['GITHUB_STEP_SUMMARY']}: cannot append ({exc.strerror})") from None
-    if failed(changes, strict):
-        sys.exit(1)
+        append_text(os.environ["GITHUB_STEP_SUMMARY"], summary)

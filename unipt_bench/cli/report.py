@@ -16,10 +16,10 @@ from .common import skipped_note, suite_name, warn_skipped
 @click.option("--results", "results_dir", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False),
               help="Result store folder.")
 @click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
-              help="HTML file to write (default: reports/<suite>.html).")
+              help="HTML file to write (default: reports/<suite>.html; - for stdout).")
 def report(suite: str, results_dir: str, out_file: str | None) -> None:
     """Render one self-contained HTML report of a suite's stored results."""
-    from ..atomic import check_writable_file, write_atomic
+    from ..atomic import check_writable_file, is_stream, write_atomic
     from ..report.render import render_report, suite_description
     from ..results import ResultStore
 
@@ -33,4 +33,4 @@ def report(suite: str, results_dir: str, out_file: str | None) -> None:
                         f"run: unipt-bench run --suite {suite}")
     warn_skipped(store)
     write_atomic(path, render_report(name, found, results_dir, suite_description(found)))
-    click.echo(f"wrote {path} ({len(found)} results)")
+    click.echo(f"wrote {path} ({len(found)} results)", err=is_stream(path))  # stdout may hold the report

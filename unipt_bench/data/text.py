@@ -8,6 +8,7 @@ Padding: "max_length" pads every batch to the tower's length (a sample's tensors
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from pathlib import Path
@@ -51,14 +52,30 @@ class WordHashTokenizer:
         return {"input_ids": ids, "attention_mask": (ids != PAD).long()}
 
 
+REMOTE_CODE_FILES = ("tokenizer_config.json", "config.json")  # where transformers looks for `auto_map`
+
+
+def read_json_if_any(path: Path) -> object:
+    """The JSON in `path`; None when there is none or it does not parse (the tokenizer's loading says why)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
 class PretrainedTokenizer:
-    """A transformers tokenizer loaded from local files (never remote code)."""
+    """A transformers tokenizer loaded from local files (never remote code: a folder whose config names its own
+    Python classes is refused before transformers sees it)."""
 
     def __init__(self, source: str, description: str = "") -> None:
         from transformers import AutoTokenizer
 
+        from ..backbones.hf import refuse_remote_code
+
+        for file in REMOTE_CODE_FILES:
+            refuse_remote_code(read_json_if_any(Path(source) / file), source, file)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         except Exception as exc:  # the tokenizers library reports a malformed file as a plain Exception
             raise UserError(
                 f"{source}: cannot load its tokenizer ({type(exc).__name__}: {exc}); expected the tokenizer files "
