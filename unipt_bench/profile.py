@@ -284,7 +284,7 @@ def profile(spec: RunSpec, options: RunOptions | None = None,
 def trainable_bytes_by_owner(built: Built) -> dict[str, int]:
     """Trainable parameter bytes per owner (backbone, method, head, other): how gradients, and so DDP's
     buckets, split between them."""
-    owner_of = module_owner(built.model)
+    owner_of = module_owner(built)
     out: dict[str, int] = {}
     for name, p in built.model.named_parameters():
         if p.requires_grad:
@@ -345,6 +345,6 @@ def check_gpu_idle(threshold: int | None) -> None:
 def make_trackers(spec: RunSpec, run: Prepared, options: RunOptions, grads_in_buckets: bool = False) -> Trackers:
     """The registered trackers of the run's mode (memory/registry.py), less those switched off."""
     model = run.built.model
-    context = TrackerContext(spec.mode, model, run.optimizer, flat_inputs(run.batch), module_owner(model),
+    context = TrackerContext(spec.mode, model, run.optimizer, flat_inputs(run.batch), module_owner(run.built),
                              options.nvml_interval, grads_in_buckets)
     return build_trackers(context, options.trackers)
