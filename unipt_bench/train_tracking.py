@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .memory.base import TRAINING_PHASES, Trackers
+from .memory.base import TRAINING_PHASES, Trackers, phase_peak
 from .memory.segments import merge_segments, with_segment
 from .profile import NullTracker
 
@@ -139,7 +139,7 @@ def peak_at(figures: dict[str, Any], tracked_steps: list[int], shapes_at: dict[s
     phases = figures.get("by_phase") or {}
     if not phases:
         return None
-    phase = max(phases, key=lambda p: phases[p].get("peak_bytes") or phases[p].get("max_memory_allocated") or 0)
+    phase = max(phases, key=lambda p: phase_peak(phases[p]) or 0)
     where: dict[str, Any] = {"phase": phase}
     series = figures.get("step_peak_bytes") or []
     if phase in TRAINING_PHASES and series and len(series) == len(tracked_steps):
