@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention import configure_attention
+from .attention import SdpaCalls, attention_that_ran, configure_attention
 from .build import Built, build, example_batch, module_owner, parameter_counts
 from .config import RunSpec
 from .errors import UserError
@@ -248,7 +248,7 @@ def profile(spec: RunSpec, options: RunOptions | None = None,
                                  grads_in_buckets=modelled and spec.ddp.get("gradient_as_bucket_view", False))
         traced = time.perf_counter()
         with allocator_history(options.snapshot if spec.mode == "cuda" else None, options.snapshot_entries):
-            with trackers:
+            with trackers, SdpaCalls() as sdpa:
                 run.trace(trackers, spec.steps, min(spec.accumulate, MAX_MICRO_BATCHES))
         timing: dict[str, Any] = {"build_seconds": built_seconds, "tracked_seconds": time.perf_counter() - traced}
         if spec.mode != "estimate":
@@ -264,7 +264,7 @@ def profile(spec: RunSpec, options: RunOptions | None = None,
         "params": parameter_counts(built),
         "memory": memory,
         "timing": timing,
-        "protocol": {**protocol(spec, built), **run.attention},
+        "protocol": {**protocol(spec, built), **attention_that_ran(run.attention, sdpa.count)},
     }
     if modelled:
         nbytes, buckets = ddp_buckets.bucket_bytes(built.model, spec.ddp)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .atomic import atomic_file
-from .attention import configure_attention
+from .attention import SdpaCalls, attention_that_ran, configure_attention
 from .backbones import create_backbone, weights_source
 from .build import Built, build, module_owner, parameter_counts
 from .cache import HiddenCache
@@ -217,6 +217,7 @@ class TrainingRun:
                                      saved.get("tracking") or {"memory": saved.get("memory")} if saved else None)
         self.seconds: list[float] = []
         self.losses: list[float] = []
+        self.sdpa = SdpaCalls()
         self.started = time.perf_counter()
 
     def restore(self, saved: dict[str, Any]) -> bool:
@@ -256,12 +257,13 @@ class TrainingRun:
         self.built.model.train()
         clip = grad_clip(self.train_spec, self.built)
         try:
-            while self.state["step"] < self.train_spec.steps:
-                self.step(runs, clip)
-                if lead and (self.state["step"] % self.train_spec.eval_every == 0
-                             or self.state["step"] == self.train_spec.steps):
-                    self.validate()
-                    self.checkpoint()
+            with self.sdpa:  # what attention ran, whatever the configuration switched
+                while self.state["step"] < self.train_spec.steps:
+                    self.step(runs, clip)
+                    if lead and (self.state["step"] % self.train_spec.eval_every == 0
+                                 or self.state["step"] == self.train_spec.steps):
+                        self.validate()
+                        self.checkpoint()
             train_seconds = self.state["train_seconds"] + self.elapsed()
             if not lead:
                 return self.rank_result(train_seconds)
@@ -368,7 +370,7 @@ class TrainingRun:
             "params": parameter_counts(self.built),
             "memory": self.memory(),
             "timing": self.timing(train_seconds),
-            "protocol": {**self.protocol(), **self.attention,
+            "protocol": {**self.protocol(), **attention_that_ran(self.attention, self.sdpa.count),
                          "amp": None if self.train_spec.amp == "none" else self.train_spec.amp},
             "metrics": {"test": tests[first], "splits": tests, "best": state["best"], "history": state["history"],
                         "baseline": data.baseline(first), "selection": self.selection, "data": data.describe(),
