@@ -103,6 +103,14 @@ def test_cpu_mode_times_steps_and_reads_rss(spec_factory) -> None:
     out = profile(spec_factory("lora", mode="cpu"))
     assert out["timing"]["step_seconds"] > 0 and len(out["timing"]["step_seconds_all"]) == 3
     assert out["memory"]["rss"]["peak_bytes"] > 0
+    allocations = out["memory"]["cpu_allocations"]  # the allocator's own count, beside the tensor tracker's
+    assert allocations["peak_bytes"] > 0 and "note" not in allocations  # a transformer: no convolution buffers
+
+
+def test_cpu_mode_measures_and_names_what_convolutions_allocate_beyond_tensors(spec_factory) -> None:
+    """oneDNN's convolution kernels allocate buffers no tensor owns: the allocator counter sees them."""
+    allocations = profile(spec_factory("bitfit", "tiny-resnext", mode="cpu"))["memory"]["cpu_allocations"]
+    assert allocations["beyond_tensor_tracker_bytes"] > 0 and "oneDNN" in allocations["note"]
 
 
 def test_optimizer_state_is_two_moments_per_trainable_parameter(spec_factory) -> None:

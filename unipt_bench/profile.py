@@ -26,7 +26,7 @@ from .build import Built, build, example_batch, module_owner, parameter_counts
 from .config import RunSpec
 from .errors import UserError
 from .memory import ddp_buckets
-from .memory.allocations import AllocationCounter
+from .memory.allocations import AllocationCounter, beyond_tensors
 from .memory.base import Trackers
 from .memory.cuda import library_workspace_bytes, other_processes_bytes
 from .memory.estimate import cuda_allocator_blocks, fake_materialise
@@ -208,7 +208,8 @@ class RunOptions:
     resume: bool = True  # training: resume from the checkpoint folder; False (--force): train from scratch
     trackers: list[str] | None = None  # trackers to run (the mode's primary one always runs); None: all
     torchrun: bool = False  # cpu: run gpus > 1 as that many gloo processes under torchrun (cuda always does)
-    count_allocations: bool = False  # cpu: also count every CPU allocation from model build on (torch.profiler)
+    # cpu: also count every CPU allocation from model build on (torch.profiler): what the tensor tracker cannot see
+    count_allocations: bool = True
 
 
 def materialise(spec: RunSpec, stack: ExitStack) -> Built:
@@ -259,7 +260,9 @@ def profile(spec: RunSpec, options: RunOptions | None = None,
         workspace = library_workspace_bytes() if spec.mode == "cuda" else None
     memory = trackers.results()
     if counter is not None:
-        memory[counter.counter] = counter.result()
+        counted = counter.result()
+        tensors = memory.get("memtracker_real", {}).get("peak_bytes")
+        memory[counter.counter] = {**counted, **beyond_tensors(counted["peak_bytes"], tensors, built.model)}
     out = {
         "params": parameter_counts(built),
         "memory": memory,
