@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+import torch
 
 from unipt_bench.backbones import create_backbone
+from unipt_bench.config import RunSpec
 from unipt_bench.errors import NotApplicable
 from unipt_bench.memory.base import CATEGORIES, PHASES
-from unipt_bench.methods import create_method
+from unipt_bench.methods import Method, create_method
 from unipt_bench.profile import profile
 from unipt_bench.suite_file import load_suite
 
@@ -99,6 +103,14 @@ def test_cpu_mode_times_steps_and_reads_rss(spec_factory) -> None:
     out = profile(spec_factory("lora", mode="cpu"))
     assert out["timing"]["step_seconds"] > 0 and len(out["timing"]["step_seconds_all"]) == 3
     assert out["memory"]["rss"]["peak_bytes"] > 0
+    allocations = out["memory"]["cpu_allocations"]  # the allocator's own count, beside the tensor tracker's
+    assert allocations["peak_bytes"] > 0 and "note" not in allocations  # a transformer: no convolution buffers
+
+
+def test_cpu_mode_measures_and_names_what_convolutions_allocate_beyond_tensors(spec_factory) -> None:
+    """oneDNN's convolution kernels allocate buffers no tensor owns: the allocator counter sees them."""
+    allocations = profile(spec_factory("bitfit", "tiny-resnext", mode="cpu"))["memory"]["cpu_allocations"]
+    assert allocations["beyond_tensor_tracker_bytes"] > 0 and "oneDNN" in allocations["note"]
 
 
 def test_optimizer_state_is_two_moments_per_trainable_parameter(spec_factory) -> None:
@@ -119,3 +131,33 @@ def test_side_method_peak_is_below_inserted_methods_at_paper_scale() -> None:
     specs = {s.label: s for s in load_suite("flickr30k").with_mode("estimate") if s.config == "t5-bert"}
     peaks = {m: profile(specs[m])["memory"]["memtracker_fake"]["peak_bytes"] for m in ("unipt", "adapter")}
     assert peaks["unipt"] < 0.6 * peaks["adapter"]
+
+
+class FusedAttention(torch.nn.Module):
+    """A tower whose own attention calls fused SDPA directly: no transformers config switches it."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.query = torch.nn.Linear(backbone.width, backbone.width)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> object:
+        out = self.backbone(inputs)
+        q = self.query(out.last)[:, None]  # [B, 1, N, D]: one head
+        attended = torch.nn.functional.scaled_dot_product_attention(q, q, q)[:, 0]
+        return dataclasses.replace(out, last=attended)
+
+
+@dataclasses.dataclass
+class FusedAttentionMethod(Method):
+    name = "fused-attention"
+
+    def build(self, backbone: torch.nn.Module, out_dim: int) -> torch.nn.Module:
+        return FusedAttention(backbone)
+
+
+def test_the_protocol_records_fused_attention_that_ran_in_an_eager_run(spec_factory, monkeypatch) -> None:
+    monkeypatch.setattr("unipt_bench.build.create_method", lambda name, options: FusedAttentionMethod())
+    eager = RunSpec.from_dict({**spec_factory("fused-attention").to_dict(), "attention": "eager", "steps": 1})
+    protocol = profile(eager)["protocol"]
+    assert protocol["attention"] == "eager+sdpa" and "ran 2 times" in protocol["attention_note"]  # 1 step, 1 eval

@@ -125,7 +125,8 @@ def test_a_run_killed_in_its_final_evaluation_resumes_with_the_whole_runs_memory
     assert figures_of(resumed["memory"]) == figures_of(uninterrupted["memory"])
     assert set(resumed["memory"]["memtracker_real"]["by_phase"]) == {"forward", "backward", "optimizer", "evaluation"}
     segments = resumed["memory"]["memtracker_real"]["segments"]
-    assert segments == [{"from_step": 0, "to_step": 2}]  # the first two steps; the resumed process tracked none
+    # the first two steps with the validation after them, the last validation, the test (the resumed process's)
+    assert segments == [{"from_step": 0, "to_step": 2}, {"from_step": 4, "to_step": 4}, {"from_step": 4, "to_step": 4}]
     assert resumed["metrics"]["test"] == uninterrupted["metrics"]["test"]
     assert resumed["timing"]["steps_timed"] == uninterrupted["timing"]["steps_timed"]
     assert resumed["metrics"]["final_loss"] == uninterrupted["metrics"]["final_loss"]
@@ -136,7 +137,8 @@ def test_force_trains_from_scratch_instead_of_reloading(tmp_path, precomp) -> No
     train_run(train_spec(), options(precomp, checkpoints))
     again = train_run(train_spec(), options(precomp, checkpoints, resume=False))
     assert again["metrics"]["resumed_from_step"] is None
-    assert again["memory"]["memtracker_real"]["segments"] == [{"from_step": 0, "to_step": 2}]
+    assert again["memory"]["memtracker_real"]["segments"] == [{"from_step": 0, "to_step": 2}, {"from_step": 4, "to_step": 4},
+                                                              {"from_step": 4, "to_step": 4}]  # steps, validation, test
     assert again["timing"]["steps_timed"] == TRAIN["steps"] - 2  # the 2 tracked steps are not timed
 
 

@@ -35,7 +35,10 @@ SIGNATURES = [
     (mem_tracker.MemTracker, "track_external", ["self", "external"]),
     (mem_tracker.MemTracker, "reset_mod_stats", ["self"]),
     (mem_tracker.MemTracker, "get_tracker_snapshot", ["self", "type"]),
-    (ModTracker, "_fw_pre_hook", ["self", "mod", "input"]),  # wrapped by grad_hooks_only_with_grad
+    (ModTracker, "_fw_pre_hook", ["self", "mod", "input"]),  # overridden by OrderedModTracker, then wrapped
+    (ModTracker, "_get_mod_name", ["self", "mod"]),  # called by OrderedModTracker._fw_pre_hook
+    (ModTracker, "_get_append_fn", ["self", "w_mod", "name", "is_bw"]),  # overridden (entry order)
+    (ModTracker, "_get_pop_fn", ["self", "w_mod", "name", "is_bw"]),  # called by OrderedModTracker._fw_pre_hook
     (ModTracker, "_fw_post_hook", ["self", "mod", "input", "output"]),  # wrapped by grad_hooks_only_with_grad
     (mem_tracker._WeakRefInfo, "__init__", ["self", "size", "element_size", "device", "reftype"]),
     (mem_tracker._WeakRefInfo, "_calculate_mem_consumed", ["self"]),  # replaced by cuda_allocator_blocks
@@ -77,6 +80,9 @@ def test_tracker_state_keeps_the_attributes_estimate_reads() -> None:
             f"MemTracker.{name}", f"no longer a {kind.__name__} set by __init__")
     assert isinstance(getattr(tracker._mod_tracker, "parents", None), set), changed(
         "ModTracker.parents", "no longer the set of running module names")
+    for name, kind in (("_post_bw_callbacks_to_enqueue", list), ("_user_pre_fw_hook", type(None))):
+        assert isinstance(getattr(tracker._mod_tracker, name, 0), kind), changed(
+            f"ModTracker.{name}", f"no longer a {kind.__name__} set by __init__ (OrderedModTracker._fw_pre_hook uses it)")
     stats = mem_tracker._ModMemStats("m")
     for name in ("mod_fqn", "local_peak", "snapshots"):
         assert hasattr(stats, name), changed(f"_ModMemStats.{name}", "no longer set by __init__")
@@ -100,7 +106,7 @@ def test_mem_tracker_still_calls_what_estimate_overrides(monkeypatch) -> None:
         monkeypatch.setattr(owner, name, wrapper)
 
     for owner, name in ((estimate.PhasedMemTracker, "_update_snap"), (estimate.PhasedMemTracker, "_update_peak_stats"),
-                        (ModTracker, "_fw_pre_hook"), (ModTracker, "_fw_post_hook")):
+                        (ModTracker, "_get_append_fn"), (ModTracker, "_get_pop_fn"), (ModTracker, "_fw_post_hook")):
         record(owner, name)
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
     model[0].requires_grad_(False)  # needs the no-op grad hook handles in _param_to_grad_hook_handles
@@ -119,7 +125,7 @@ def test_mem_tracker_still_calls_what_estimate_overrides(monkeypatch) -> None:
             tracker.mark("evaluation")
             model(inputs)
     expected = {"PhasedMemTracker._update_snap", "PhasedMemTracker._update_peak_stats",
-                "ModTracker._fw_pre_hook", "ModTracker._fw_post_hook"}
+                "ModTracker._get_append_fn", "ModTracker._get_pop_fn", "ModTracker._fw_post_hook"}
     for member in sorted(expected - called):
         pytest.fail(changed(member.replace("PhasedMemTracker", "MemTracker"), "MemTracker no longer calls it"))
     result = tracker.result()

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+from contextlib import nullcontext
 
+import pytest
+import torch
+from torch import nn
+
+from unipt_bench.memory.allocations import AllocationCounter
 from unipt_bench.memory.base import Trackers
 from unipt_bench.memory.cpu import RssTracker
 from unipt_bench.memory.cuda import CudaTracker, p99
+from unipt_bench.memory.estimate import TensorMemoryTracker
 
 
 def reading(allocated: int, reserved: int, active: int, retries: int = 0, ooms: int = 0) -> dict[str, int]:
@@ -247,3 +253,47 @@ def test_cuda_stats_read_the_allocators_nested_counters_without_synchronising(mo
     stats.reset_peaks()
     assert stats.read() == reading(300, 512, 310, retries=2, ooms=1)
     assert calls == [("reset", 3), 3]
+
+
+# ---------------------------------------------------------------- the tensor tracker changes nothing it measures
+
+
+class Product(nn.Module):
+    """a * b: a module with two inputs that need gradients, which backward reaches at different times."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a * b
+
+
+class Branches(nn.Module):
+    """x -> a -> (a, second(a)) -> a * second(a): narrow layers on many rows, so backward's bytes are the
+    gradients of the activations [4096, 16]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(16, 16)
+        self.second = nn.Sequential(nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 16))
+        self.product = Product()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.first(x)  # [4096, 16]
+        return self.product(a, self.second(a))
+
+
+def backward_peak(tracked: bool) -> int:
+    """Peak of the bytes backward allocates and still holds, counted from the CPU allocator by torch.profiler."""
+    torch.manual_seed(0)
+    model, x = Branches(), torch.randn(4096, 16)
+    optimizer = torch.optim.AdamW(model.parameters())
+    tracker = TensorMemoryTracker(model, optimizer, [x], "real", owner_of=lambda path: "head") if tracked else None
+    with tracker or nullcontext():
+        loss = model(x).sum()
+        with AllocationCounter() as counter:
+            loss.backward()
+    return counter.result()["peak_bytes"]
+
+
+def test_the_tensor_tracker_holds_no_byte_the_untracked_step_frees() -> None:
+    """Its module hooks must not keep gradients alive: a backward hook in mode "all" on Product's inputs
+    would keep b's gradient [4096, 16] until a's arrives, through the second branch's whole backward."""
+    assert backward_peak(tracked=True) == backward_peak(tracked=False)

@@ -85,6 +85,20 @@ def test_validation_during_tracked_steps_is_the_evaluation_phase(tmp_path, preco
     assert len(memory["step_peak_bytes"]) == 2  # validations are not steps
 
 
+def test_every_validation_and_the_test_are_in_the_training_peak(tmp_path, precomp) -> None:
+    """Validation after an untracked step (steps 0-1 are tracked, step 2 is not: same-shaped batches) and the
+    test are tracked too: with evaluation batches of 64 they hold the run's peak."""
+    train = {"dataset": "flickr30k", "format": "precomp", "steps": 3, "eval_every": 3, "eval_batch": 64}
+    towers = [TowerSpec("image", "tiny-regions", tuned=False), TEXT]
+    out = run(tmp_path, spec("adapter", towers, train, batch=4), precomp.parent)
+    memory = out["memory"]["memtracker_real"]
+    assert out["metrics"]["tracked_steps"] == [0, 1]
+    assert memory["peak_at"] == {"phase": "evaluation"}
+    assert memory["peak_bytes"] == memory["by_phase"]["evaluation"]["peak_bytes"]
+    assert memory["by_phase"]["evaluation"]["by_category"]["grads"] == 0
+    assert out["protocol"]["tracked_steps"] == 2 and out["protocol"]["timed_steps"] == 1
+
+
 @pytest.mark.slow
 def test_training_is_deterministic(tmp_path, precomp) -> None:
     first = run(tmp_path, precomp_spec("lora", steps=20), precomp.parent, "a")["metrics"]

@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from torch.overrides import TorchFunctionMode
 
 if TYPE_CHECKING:
     from torch import nn
@@ -51,3 +53,29 @@ def configure_attention(model: nn.Module, kernel: str, traced_on_cpu: bool) -> d
             config._attn_implementation = EAGER_OF.get(config._attn_implementation, config._attn_implementation)
     dropout_off = kernel == "sdpa" and traced_on_cpu and disable_attention_dropout(model) > 0
     return {"attention": kernel, "attention_dropout": "off (fused CPU kernel traced)" if dropout_off else "as trained"}
+
+
+class SdpaCalls(TorchFunctionMode):
+    """Counts the calls of fused scaled-dot-product attention while active: what ran, whatever the
+    configuration switched (a module outside transformers' configs keeps its own attention function)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        import torch.nn.functional as F
+
+        if func is F.scaled_dot_product_attention:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def attention_that_ran(configured: dict[str, object], sdpa_calls: int) -> dict[str, object]:
+    """The protocol's attention fields corrected by what ran: an eager run in which fused SDPA was called
+    is recorded as "eager+sdpa", with the number of calls."""
+    if configured["attention"] != "eager" or not sdpa_calls:
+        return configured
+    return {**configured, "attention": "eager+sdpa",
+            "attention_note": f"configured eager, yet fused scaled_dot_product_attention ran {sdpa_calls} times "
+                              "(a module whose attention the configuration does not switch)"}

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .backbones import create_backbone
 from .config import RunSpec
-from .methods import METHODS, Method, create_method
+from .methods import Method, create_method
 from .tasks import TASKS, Task, TaskModel, Tower
 
 
@@ -20,6 +20,7 @@ class Built:
     towers: dict[str, Tower]
     task: Task
     method: Method
+    owners: dict[str, str] = field(default_factory=dict)  # module path (relative to the model) -> owner
 
 
 def build(spec: RunSpec, weights: bool = True) -> Built:
@@ -29,31 +30,46 @@ def build(spec: RunSpec, weights: bool = True) -> Built:
     task = TASKS.get(spec.task).from_options(spec.task_options)
     method = create_method(spec.method, spec.method_options)
     towers: dict[str, Tower] = {}
+    pretrained: list[nn.Module] = []  # every module of the tuned backbones before the method touched them
     for t in spec.towers:
         backbone = create_backbone(t.backbone, t.weights, load=weights)
         if t.tuned:
+            pretrained += backbone.modules()
             module = method.apply(backbone, task.out_dim)  # raises NotApplicable
             width = method.output_width(backbone, task.out_dim)
         else:
             module, width = backbone, backbone.width
         towers[t.name] = Tower(module, backbone, t.tuned, width, t.pooling)
-    return Built(task.build(towers), towers, task, method)
+    model = task.build(towers)
+    return Built(model, towers, task, method, module_owners(model, pretrained))
 
 
-def module_owner(model: TaskModel) -> Callable[[str], str]:
-    """Who a module (path relative to the model) belongs to: "backbone", "method" (modules a PETL method
-    added), "head" (task heads and towers trained with them) or "other" (the model itself: the loss)."""
-    markers = {name for method in METHODS.names() for name in METHODS.get(method).module_names}
+def module_owners(model: TaskModel, pretrained: list[nn.Module]) -> dict[str, str]:
+    """Who each module (path relative to the model) belongs to: "backbone" (a module of a tuned backbone as
+    it was built), "method" (every module of a tuned tower the method created: its own layers, and the
+    wrappers it put around or in place of backbone modules), "head" (task heads and untuned towers) or
+    "other" (the model itself: the loss).
 
-    def owner(path: str) -> str:
+    Decided by identity, not by name, so a method needs to declare nothing: `pretrained` holds the tuned
+    backbones' modules from before `apply` (kept alive here, so no new module can reuse an old one's id).
+    """
+    original = {id(m) for m in pretrained}
+    owners = {}
+    for path, module in model.named_modules(remove_duplicate=False):
         parts = path.split(".") if path else []
         if not parts or parts[0] not in ("towers", "heads"):
-            return "other"
-        if parts[0] == "heads" or len(parts) < 2 or parts[1] not in model.tuned:
-            return "head"
-        return "method" if markers.intersection(parts[2:]) else "backbone"
+            owners[path] = "other"
+        elif parts[0] == "heads" or len(parts) < 2 or parts[1] not in model.tuned:
+            owners[path] = "head"
+        else:
+            owners[path] = "backbone" if id(module) in original else "method"
+    return owners
 
-    return owner
+
+def module_owner(built: Built) -> Callable[[str], str]:
+    """The owner of a module path (see `module_owners`); a path the model does not have is "other"."""
+    owners = built.owners
+    return lambda path: owners.get(path, "other")
 
 
 def count(params: list[nn.Parameter]) -> int:

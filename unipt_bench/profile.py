@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention import configure_attention
+from .attention import SdpaCalls, attention_that_ran, configure_attention
 from .build import Built, build, example_batch, module_owner, parameter_counts
 from .config import RunSpec
 from .errors import UserError
 from .memory import ddp_buckets
-from .memory.allocations import AllocationCounter
+from .memory.allocations import AllocationCounter, beyond_tensors
 from .memory.base import Trackers
 from .memory.cuda import library_workspace_bytes, other_processes_bytes
 from .memory.estimate import cuda_allocator_blocks, fake_materialise
@@ -208,7 +208,8 @@ class RunOptions:
     resume: bool = True  # training: resume from the checkpoint folder; False (--force): train from scratch
     trackers: list[str] | None = None  # trackers to run (the mode's primary one always runs); None: all
     torchrun: bool = False  # cpu: run gpus > 1 as that many gloo processes under torchrun (cuda always does)
-    count_allocations: bool = False  # cpu: also count every CPU allocation from model build on (torch.profiler)
+    # cpu: also count every CPU allocation from model build on (torch.profiler): what the tensor tracker cannot see
+    count_allocations: bool = True
 
 
 def materialise(spec: RunSpec, stack: ExitStack) -> Built:
@@ -248,7 +249,7 @@ def profile(spec: RunSpec, options: RunOptions | None = None,
                                  grads_in_buckets=modelled and spec.ddp.get("gradient_as_bucket_view", False))
         traced = time.perf_counter()
         with allocator_history(options.snapshot if spec.mode == "cuda" else None, options.snapshot_entries):
-            with trackers:
+            with trackers, SdpaCalls() as sdpa:
                 run.trace(trackers, spec.steps, min(spec.accumulate, MAX_MICRO_BATCHES))
         timing: dict[str, Any] = {"build_seconds": built_seconds, "tracked_seconds": time.perf_counter() - traced}
         if spec.mode != "estimate":
@@ -259,12 +260,14 @@ def profile(spec: RunSpec, options: RunOptions | None = None,
         workspace = library_workspace_bytes() if spec.mode == "cuda" else None
     memory = trackers.results()
     if counter is not None:
-        memory[counter.counter] = counter.result()
+        counted = counter.result()
+        tensors = memory.get("memtracker_real", {}).get("peak_bytes")
+        memory[counter.counter] = {**counted, **beyond_tensors(counted["peak_bytes"], tensors, built.model)}
     out = {
         "params": parameter_counts(built),
         "memory": memory,
         "timing": timing,
-        "protocol": {**protocol(spec, built), **run.attention},
+        "protocol": {**protocol(spec, built), **attention_that_ran(run.attention, sdpa.count)},
     }
     if modelled:
         nbytes, buckets = ddp_buckets.bucket_bytes(built.model, spec.ddp)
@@ -284,7 +287,7 @@ def profile(spec: RunSpec, options: RunOptions | None = None,
 def trainable_bytes_by_owner(built: Built) -> dict[str, int]:
     """Trainable parameter bytes per owner (backbone, method, head, other): how gradients, and so DDP's
     buckets, split between them."""
-    owner_of = module_owner(built.model)
+    owner_of = module_owner(built)
     out: dict[str, int] = {}
     for name, p in built.model.named_parameters():
         if p.requires_grad:
@@ -345,6 +348,6 @@ def check_gpu_idle(threshold: int | None) -> None:
 def make_trackers(spec: RunSpec, run: Prepared, options: RunOptions, grads_in_buckets: bool = False) -> Trackers:
     """The registered trackers of the run's mode (memory/registry.py), less those switched off."""
     model = run.built.model
-    context = TrackerContext(spec.mode, model, run.optimizer, flat_inputs(run.batch), module_owner(model),
+    context = TrackerContext(spec.mode, model, run.optimizer, flat_inputs(run.batch), module_owner(run.built),
                              options.nvml_interval, grads_in_buckets)
     return build_trackers(context, options.trackers)

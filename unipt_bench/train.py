@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .atomic import atomic_file
-from .attention import configure_attention
+from .attention import SdpaCalls, attention_that_ran, configure_attention
 from .backbones import create_backbone, weights_source
 from .build import Built, build, module_owner, parameter_counts
 from .cache import HiddenCache
@@ -155,168 +155,234 @@ def train_run(spec: RunSpec, options: RunOptions, report: Callable[[dict[str, An
     Data-parallel (ddp.py): `wrap` puts the model in DDP, each of the `world` ranks trains on its share of
     every step's rows, and rank 0 alone validates, checkpoints and tests (the others return no metrics).
     """
+    check_trainable(spec, options)
+    saved = load_checkpoint(Path(options.checkpoints)) if options.resume else None
+    run = TrainingRun(spec, options, report, rank, world, saved)
+    if saved is not None and not run.restore(saved):
+        run = TrainingRun(spec, options, report, rank, world, None)  # a fresh model, optimizer and schedule
+    return run.train(wrap)
+
+
+def check_trainable(spec: RunSpec, options: RunOptions) -> None:
+    """Refuse, in one line, a run that cannot train here."""
     if not options.checkpoints:
         raise UserError("training needs a checkpoint folder")
-    data_root, checkpoints = Path(options.data_root), Path(options.checkpoints)
     if spec.mode == "estimate":
         raise UserError("training needs real tensors: run it with --mode cpu or cuda (auto picks one)")
     if spec.mode == "cuda" and not torch.cuda.is_available():
         raise UserError("cuda mode needs a CUDA GPU and none is visible; use --mode cpu")
-    train = TrainSpec.from_options(spec.train)
-    task = TASKS.get(spec.task).from_options(spec.task_options)
-    data = task.load_data(train, data_root, spec.seed, tower_modalities(spec))
-    share = data.size("train") // world  # each rank's share of an epoch (data-parallel: world ranks)
-    train = resolve_budget(train, spec, share)
-    hardest_from = hardest_from_step(train, spec, share)
-    built = build(RunSpec.from_dict({**spec.to_dict(), "task_options": {**spec.task_options, **data.task_options()}}))
-    device = torch.device("cuda" if spec.mode == "cuda" else "cpu")
-    built.model.to(device)
-    # the configuration's attention kernel, as profiling traces it: on the CPU fused SDPA needs attention
-    # dropout off (otherwise the math path stores [B, H, N, N] probabilities no GPU kernel keeps)
-    attention = configure_attention(built.model, spec.attention, traced_on_cpu=spec.mode != "cuda")
-    inputs = {t.name: TowerInputs(t, built.towers[t.name].backbone, weights_source(t.backbone, t.weights),
-                                  train.padding, train.max_len) for t in spec.towers}
-    caches = attach_caches(built, train)
-    optimizer, params = build_optimizer(built, train)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(train))
-    amp = train.amp != "none"
-    if train.amp == "fp16" and spec.mode != "cuda":
-        raise UserError("train.amp = fp16 needs a GPU; use bf16 on the CPU")
-    scaler = torch.amp.GradScaler("cuda") if train.amp == "fp16" else None
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16 if train.amp == "bf16" else torch.float16)) \
-        if amp else nullcontext
-    selection = train.select_on or data.selection
-    test_splits = tuple(getattr(data, "test_splits", ("test",)))
 
-    context = TrackerContext(spec.mode, built.model, optimizer, [], module_owner(built.model), options.nvml_interval)
-    last, best_path = checkpoints / "last.pt", checkpoints / "best.pt"
-    # earlier segments of this run (before a resume): their timed steps, seconds and last loss
-    state: dict[str, Any] = {"step": 0, "best": None, "history": [], "resumed_from": None,
-                             "seconds": [], "train_seconds": 0.0, "final_loss": None}
-    saved = load_checkpoint(checkpoints) if options.resume else None
-    if saved is not None:
+
+class TrainingRun:
+    """One training run's model, data, optimizer, schedule and trackers, and what it has done so far.
+
+    `state` is what a checkpoint carries from an earlier process of the same run (its step, best
+    validation, history, timed steps, seconds and last loss); `seconds` and `losses` are this process's.
+    """
+
+    def __init__(self, spec: RunSpec, options: RunOptions, report: Callable[[dict[str, Any]], None], rank: int,
+                 world: int, saved: dict[str, Any] | None) -> None:
+        self.spec, self.report, self.rank, self.world = spec, report, rank, world
+        self.train_spec = train = TrainSpec.from_options(spec.train)
+        self.data = TASKS.get(spec.task).from_options(spec.task_options).load_data(
+            train, Path(options.data_root), spec.seed, tower_modalities(spec))
+        share = self.data.size("train") // world  # each rank's share of an epoch (data-parallel: world ranks)
+        self.train_spec = train = resolve_budget(train, spec, share)
+        self.hardest_from = hardest_from_step(train, spec, share)
+        self.built = built = build(RunSpec.from_dict({**spec.to_dict(),
+                                                      "task_options": {**spec.task_options, **self.data.task_options()}}))
+        self.device = torch.device("cuda" if spec.mode == "cuda" else "cpu")
+        built.model.to(self.device)
+        # the configuration's attention kernel, as profiling traces it: on the CPU fused SDPA needs attention
+        # dropout off (otherwise the math path stores [B, H, N, N] probabilities no GPU kernel keeps)
+        self.attention = configure_attention(built.model, spec.attention, traced_on_cpu=spec.mode != "cuda")
+        self.inputs = {t.name: TowerInputs(t, built.towers[t.name].backbone, weights_source(t.backbone, t.weights),
+                                           train.padding, train.max_len) for t in spec.towers}
+        self.caches = attach_caches(built, train)
+        self.optimizer, self.params = build_optimizer(built, train)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule(train))
+        if train.amp == "fp16" and spec.mode != "cuda":
+            raise UserError("train.amp = fp16 needs a GPU; use bf16 on the CPU")
+        self.scaler = torch.amp.GradScaler("cuda") if train.amp == "fp16" else None
+        self.selection = train.select_on or self.data.selection
+        self.test_splits = tuple(getattr(self.data, "test_splits", ("test",)))
+        self.checkpoints = Path(options.checkpoints)
+        self.state: dict[str, Any] = {"step": 0, "best": None, "history": [], "resumed_from": None,
+                                      "seconds": [], "train_seconds": 0.0, "final_loss": None}
+        self.saved_memory = bool(saved and (saved.get("tracking") or saved.get("memory")))
+        context = TrackerContext(spec.mode, built.model, self.optimizer, [], module_owner(built),
+                                 options.nvml_interval)
+        # the same trackers as profiling (NVML too on a GPU), over the steps StepTracking picks
+        self.tracking = StepTracking(spec.mode, lambda: build_trackers(context, options.trackers),
+                                     saved.get("tracking") or {"memory": saved.get("memory")} if saved else None)
+        self.seconds: list[float] = []
+        self.losses: list[float] = []
+        self.sdpa = SdpaCalls()
+        self.started = time.perf_counter()
+
+    def restore(self, saved: dict[str, Any]) -> bool:
+        """Continue from a checkpoint; False (its files set aside) when it does not fit this run's model."""
         try:
-            load_trainable(built.model, saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
+            load_trainable(self.built.model, saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
         except (UserError, ValueError, KeyError, RuntimeError) as exc:
-            set_aside(checkpoints, str(exc).splitlines()[0])
-            return train_run(spec, options, report, wrap, rank, world)  # a fresh model, optimizer and schedule
+            set_aside(self.checkpoints, str(exc).splitlines()[0])
+            return False
         torch.set_rng_state(saved["rng"])
-        state.update({k: saved[k] for k in ("step", "best", "history")}, resumed_from=saved["step"])
-        state.update({k: saved[k] for k in ("seconds", "train_seconds", "final_loss") if k in saved})
-    # the same trackers as profiling (NVML too on a GPU), over the steps StepTracking picks
-    tracking = StepTracking(spec.mode, lambda: build_trackers(context, options.trackers),
-                            saved.get("tracking") or {"memory": saved.get("memory")} if saved else None)
+        self.state.update({k: saved[k] for k in ("step", "best", "history")}, resumed_from=saved["step"])
+        self.state.update({k: saved[k] for k in ("seconds", "train_seconds", "final_loss") if k in saved})
+        return True
 
-    def checkpoint() -> None:
-        save_atomic({"model": trainable_state(built.model), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "step": state["step"],
-                     "best": state["best"], "history": state["history"], "tracking": tracking.state(state["step"]),
-                     "seconds": [*state["seconds"], *seconds], "train_seconds": state["train_seconds"] + elapsed(),
-                     "final_loss": losses[-1] if losses else state["final_loss"]}, last)
+    def autocast(self) -> Any:
+        amp = self.train_spec.amp
+        if amp == "none":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
-    def validate() -> None:
-        tracking.tracker().mark("evaluation")
-        built.model.eval()
-        with autocast():
-            metrics = data.evaluate(built.model, "val", inputs, train.eval_batch, device)
-        built.model.train()
-        if selection not in metrics:
-            raise UserError(f"train.select_on {selection!r} is not a validation metric of this task "
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def timed(self) -> list[float]:
+        """Seconds of every timed step of the run, earlier processes' first."""
+        return [*self.state["seconds"], *self.seconds]
+
+    def final_loss(self) -> float | None:
+        return self.losses[-1] if self.losses else self.state["final_loss"]
+
+    def train(self, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None) -> dict[str, Any]:
+        """Step to the end (validating and checkpointing on rank 0), then test the best checkpoint."""
+        runs = wrap(self.built.model) if wrap is not None else self.built.model
+        lead = self.rank == 0  # validates, checkpoints and tests (on the model itself: DDP's forward is collective)
+        self.built.model.train()
+        clip = grad_clip(self.train_spec, self.built)
+        try:
+            with self.sdpa:  # what attention ran, whatever the configuration switched
+                while self.state["step"] < self.train_spec.steps:
+                    self.step(runs, clip)
+                    if lead and (self.state["step"] % self.train_spec.eval_every == 0
+                                 or self.state["step"] == self.train_spec.steps):
+                        self.validate()
+                        self.checkpoint()
+            train_seconds = self.state["train_seconds"] + self.elapsed()
+            if not lead:
+                return self.rank_result(train_seconds)
+            tests = self.test()
+        finally:
+            self.tracking.close(self.state["step"])
+        return self.result(tests, train_seconds)
+
+    def step(self, runs: torch.nn.Module, clip: float | None) -> None:
+        """One training step, tracked when StepTracking wants it, timed when tracking does not slow it."""
+        spec, step = self.spec, self.state["step"]
+        rows = batch_rows(self.data.size("train"), spec.batch, step, spec.seed, self.rank, self.world)
+        batch = to_device(self.data.batch("train", rows, self.inputs), self.device)
+        tracked = self.tracking.before_step(step, batch)
+        # the hidden-state cache lives in host memory: on a GPU it never counts, on the CPU the tracker would
+        # count its rows as the step's memory, so a tracked cpu step runs the backbone as profiling does
+        use_cache(self.built, self.caches, not (tracked and spec.mode != "cuda"))
+        task_state = getattr(self.built.model, "task", None)
+        if self.train_spec.hardest_after > 0 and hasattr(task_state, "hardest_negatives"):
+            task_state.hardest_negatives = step >= self.hardest_from  # all negatives first (VSE warm-up)
+        sync = synchronizer(spec.mode)
+        sync()
+        begin = time.perf_counter()
+        loss = train_step(runs, batch, self.optimizer, self.params, clip, self.tracking.tracker(),
+                          autocast=self.autocast, scaler=self.scaler)
+        self.losses.append(float(loss))
+        sync()
+        if not tracked or spec.mode == "cuda":
+            self.seconds.append(time.perf_counter() - begin)
+        self.scheduler.step()
+        self.state["step"] += 1
+        self.report({"event": "step", "step": self.state["step"], "steps": self.train_spec.steps,
+                     "loss": self.losses[-1], "samples_per_s": spec.batch / (time.perf_counter() - begin)})
+
+    def evaluate(self, split: str) -> dict[str, Any]:
+        """The task's metrics on `split`, in eval mode, tracked as the "evaluation" phase."""
+        model = self.built.model
+        with self.tracking.evaluation(self.state["step"]):
+            use_cache(self.built, self.caches, self.spec.mode == "cuda")  # as a tracked step runs (see `step`)
+            model.eval()
+            try:
+                with self.autocast():
+                    return self.data.evaluate(model, split, self.inputs, self.train_spec.eval_batch, self.device)
+            finally:
+                model.train()
+
+    def validate(self) -> None:
+        """Validate, record the history, and keep the best checkpoint by the selection metric."""
+        metrics = self.evaluate("val")
+        if self.selection not in metrics:
+            raise UserError(f"train.select_on {self.selection!r} is not a validation metric of this task "
                             f"(it reports {', '.join(metrics)})")
+        state = self.state
         state["history"].append({"step": state["step"], **metrics})
-        score = metrics[selection]
+        score = metrics[self.selection]
         if state["best"] is None or score > state["best"]["score"]:
             state["best"] = {"step": state["step"], "score": score}
-            save_atomic({"model": trainable_state(built.model)}, best_path)
-        report({"event": "eval", "step": state["step"], selection: score})
+            save_atomic({"model": trainable_state(self.built.model)}, self.checkpoints / "best.pt")
+        self.report({"event": "eval", "step": state["step"], self.selection: score})
 
-    task_state = getattr(built.model, "task", None)
-    lead = rank == 0  # validates, checkpoints and tests (on the model itself: DDP's forward is collective)
-    runs = wrap(built.model) if wrap is not None else built.model
-    built.model.train()
-    seconds: list[float] = []
-    losses: list[float] = []
-    clip = grad_clip(train, built)
-    sync = synchronizer(spec.mode)
-    started = time.perf_counter()
+    def checkpoint(self) -> None:
+        state = self.state
+        save_atomic({"model": trainable_state(self.built.model), "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state(), "step": state["step"],
+                     "best": state["best"], "history": state["history"],
+                     "tracking": self.tracking.state(state["step"]), "seconds": self.timed(),
+                     "train_seconds": state["train_seconds"] + self.elapsed(), "final_loss": self.final_loss()},
+                    self.checkpoints / "last.pt")
 
-    def elapsed() -> float:
-        return time.perf_counter() - started
-    try:
-        while state["step"] < train.steps:
-            step = state["step"]
-            rows = batch_rows(data.size("train"), spec.batch, step, spec.seed, rank, world)
-            batch = to_device(data.batch("train", rows, inputs), device)
-            tracked = tracking.before_step(step, batch)
-            # the hidden-state cache lives in host memory: on a GPU it never counts, on the CPU the tracker would
-            # count its rows as the step's memory, so a tracked cpu step runs the backbone as profiling does
-            use_cache(built, caches, not (tracked and spec.mode != "cuda"))
-            if train.hardest_after > 0 and hasattr(task_state, "hardest_negatives"):
-                task_state.hardest_negatives = step >= hardest_from  # all negatives first (VSE warm-up)
-            sync()
-            begin = time.perf_counter()
-            loss = train_step(runs, batch, optimizer, params, clip, tracking.tracker(),
-                              autocast=autocast, scaler=scaler)
-            losses.append(float(loss))
-            sync()
-            if not tracked or spec.mode == "cuda":
-                seconds.append(time.perf_counter() - begin)
-            scheduler.step()
-            state["step"] += 1
-            report({"event": "step", "step": state["step"], "steps": train.steps, "loss": losses[-1],
-                    "samples_per_s": spec.batch / (time.perf_counter() - begin)})
-            if lead and (state["step"] % train.eval_every == 0 or state["step"] == train.steps):
-                validate()
-                checkpoint()
-        train_seconds = state["train_seconds"] + elapsed()
-        if not lead:
-            return rank_out(spec, built, train, tracking, state["step"], [*state["seconds"], *seconds], train_seconds)
-        load_trainable(built.model, torch.load(best_path, weights_only=True)["model"])
-        if spec.mode == "cuda" and tracking.open:  # the allocator's counters cost nothing: test evaluation tracked too
-            tracking.tracker().mark("evaluation")
-        else:  # the tensor tracker would slow the whole test set 8-10x
-            tracking.close(state["step"])
-        built.model.eval()
-        with autocast():
-            tests = {split: data.evaluate(built.model, split, inputs, train.eval_batch, device) for split in test_splits}
-    finally:
-        tracking.close(state["step"])
-    memory = tracking.memory or {}
-    for figures in memory.values():
-        where = peak_at(figures, tracking.tracked_steps, tracking.shapes_at)
-        if where:
-            figures["peak_at"] = where
-    if state["resumed_from"] and saved is not None and not (saved.get("tracking") or saved.get("memory")):
-        for figures in memory.values():  # a checkpoint that kept no memory figures
-            figures["note"] = f"covers the steps after the resume at step {state['resumed_from']} only"
-    timed = [*state["seconds"], *seconds]
-    first = test_splits[0]
-    return {
-        "params": parameter_counts(built),
-        "memory": memory,
-        "timing": {"step_seconds": statistics.median(timed) if timed else None,
-                   "train_seconds": train_seconds, "steps_timed": len(timed)},
-        "protocol": {**protocol(spec, built), **attention, **recipe_protocol(train, built), "train": train.options(),
-                     "amp": None if not amp else train.amp},
-        "metrics": {"test": tests[first], "splits": tests, "best": state["best"], "history": state["history"],
-                    "baseline": data.baseline(first), "selection": selection, "data": data.describe(),
-                    "final_loss": losses[-1] if losses else state["final_loss"],
-                    "resumed_from_step": state["resumed_from"], "tracked_steps": tracking.tracked_steps,
-                    "batch_shapes": tracking.shape_counts(),
-                    "tokenizer": {name: i.description for name, i in inputs.items() if i.modality == "text"},
-                    "cache": {name: c.stats() for name, c in caches.items()},
-                    "weights": {t.name: weights_source(t.backbone, t.weights) for t in spec.towers}},
-    }
+    def test(self) -> dict[str, dict[str, Any]]:
+        """Every test split's metrics, from the best validation checkpoint."""
+        load_trainable(self.built.model, torch.load(self.checkpoints / "best.pt", weights_only=True)["model"])
+        return {split: self.evaluate(split) for split in self.test_splits}
 
+    def memory(self) -> dict[str, Any]:
+        """Every counter's figures, each with where its peak happened."""
+        tracking = self.tracking
+        memory = tracking.memory or {}
+        for figures in memory.values():
+            where = peak_at(figures, tracking.tracked_steps, tracking.shapes_at)
+            if where:
+                figures["peak_at"] = where
+        if self.state["resumed_from"] and not self.saved_memory:
+            for figures in memory.values():  # a checkpoint that kept no memory figures
+                figures["note"] = f"covers the steps after the resume at step {self.state['resumed_from']} only"
+        return memory
 
-def rank_out(spec: RunSpec, built: Built, train: TrainSpec, tracking: StepTracking, step: int, timed: list[float],
-             train_seconds: float) -> dict[str, Any]:
-    """What a data-parallel rank other than 0 returns: its memory and step times; rank 0 has the metrics."""
-    tracking.close(step)
-    return {"params": parameter_counts(built), "memory": tracking.memory or {},
-            "timing": {"step_seconds": statistics.median(timed) if timed else None, "train_seconds": train_seconds,
-                       "steps_timed": len(timed)},
-            "protocol": {**protocol(spec, built), **recipe_protocol(train, built), "train": train.options()},
-            "metrics": None}
+    def timing(self, train_seconds: float) -> dict[str, Any]:
+        timed = self.timed()
+        return {"step_seconds": statistics.median(timed) if timed else None, "train_seconds": train_seconds,
+                "steps_timed": len(timed)}
+
+    def protocol(self) -> dict[str, Any]:
+        """How the run was measured: the profile's fields where they hold, this run's own steps where they differ."""
+        train = self.train_spec
+        return {**protocol(self.spec, self.built), **recipe_protocol(train, self.built), "train": train.options(),
+                "tracked_steps": len(self.tracking.tracked_steps), "timed_steps": len(self.timed()),
+                "micro_batches_profiled": None}
+
+    def result(self, tests: dict[str, dict[str, Any]], train_seconds: float) -> dict[str, Any]:
+        first = self.test_splits[0]
+        state, data = self.state, self.data
+        return {
+            "params": parameter_counts(self.built),
+            "memory": self.memory(),
+            "timing": self.timing(train_seconds),
+            "protocol": {**self.protocol(), **attention_that_ran(self.attention, self.sdpa.count),
+                         "amp": None if self.train_spec.amp == "none" else self.train_spec.amp},
+            "metrics": {"test": tests[first], "splits": tests, "best": state["best"], "history": state["history"],
+                        "baseline": data.baseline(first), "selection": self.selection, "data": data.describe(),
+                        "final_loss": self.final_loss(), "resumed_from_step": state["resumed_from"],
+                        "tracked_steps": self.tracking.tracked_steps, "batch_shapes": self.tracking.shape_counts(),
+                        "tokenizer": {name: i.description for name, i in self.inputs.items() if i.modality == "text"},
+                        "cache": {name: c.stats() for name, c in self.caches.items()},
+                        "weights": {t.name: weights_source(t.backbone, t.weights) for t in self.spec.towers}},
+        }
+
+    def rank_result(self, train_seconds: float) -> dict[str, Any]:
+        """What a data-parallel rank other than 0 returns: its memory and step times; rank 0 has the metrics."""
+        self.tracking.close(self.state["step"])
+        return {"params": parameter_counts(self.built), "memory": self.tracking.memory or {},
+                "timing": self.timing(train_seconds), "protocol": self.protocol(), "metrics": None}

@@ -65,7 +65,7 @@ def parameter_groups(built: Built, lr: float, train: TrainSpec) -> list[dict[str
     unknown = sorted(set(train.tower_lr_scales) - set(built.towers))
     if unknown:
         raise UserError(f"train.tower_lr_scales names no tower of this configuration: {', '.join(unknown)}")
-    owner = module_owner(built.model)
+    owner = module_owner(built)
     parts: dict[str, list[nn.Parameter]] = {"other": []}
     for name, param in built.model.named_parameters():
         if param.requires_grad:

@@ -5,6 +5,8 @@
   steps whose batch is larger than every batch tracked before (a fresh tracker for each such step). With
   batches padded to their longest caption the shapes vary; a step's memory grows with its batch, so the
   largest batch seen is the peak, at the cost of a few tracked steps (record-breaking batches are rare).
+- every mode: every validation and the test are tracked (`evaluation`), in the open segment or in one of
+  their own: an evaluation's batches differ from training's and may hold more than any step.
 
 Each tracked stretch is a segment (memory/segments.py merges them, and the ones of earlier processes when a
 run resumes). The peak's step, phase and batch shape are found from the per-step series.
@@ -13,12 +15,13 @@ run resumes). The peak's step, phase and batch shape are found from the per-step
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-from .memory.base import TRAINING_PHASES, Trackers
+from .memory.base import TRAINING_PHASES, Trackers, phase_peak
 from .memory.segments import merge_segments, with_segment
 from .profile import NullTracker
 
@@ -95,6 +98,20 @@ class StepTracking:
             self.shapes_at[str(step)] = shapes
         return tracked
 
+    @contextmanager
+    def evaluation(self, step: int) -> Iterator[None]:
+        """Track an evaluation (a validation or the test) run after `step` steps as the "evaluation" phase."""
+        own = self.current is None
+        if own:
+            self.current, self.current_start = self.make(), step
+            self.current.__enter__()
+        self.current.mark("evaluation")
+        try:
+            yield
+        finally:
+            if own:
+                self.close(step)
+
     def close(self, step: int) -> None:
         """End the open segment (if any) at `step` and fold its figures into the memory so far."""
         if self.current is None:
@@ -122,7 +139,7 @@ def peak_at(figures: dict[str, Any], tracked_steps: list[int], shapes_at: dict[s
     phases = figures.get("by_phase") or {}
     if not phases:
         return None
-    phase = max(phases, key=lambda p: phases[p].get("peak_bytes") or phases[p].get("max_memory_allocated") or 0)
+    phase = max(phases, key=lambda p: phase_peak(phases[p]) or 0)
     where: dict[str, Any] = {"phase": phase}
     series = figures.get("step_peak_bytes") or []
     if phase in TRAINING_PHASES and series and len(series) == len(tracked_steps):

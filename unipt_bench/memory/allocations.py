@@ -18,6 +18,7 @@ from unittest import mock
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
 COUNTER = "cpu_allocations"
@@ -89,3 +90,19 @@ class AllocationCounter:
                 total -= live.pop(address, 0)
         return {"counter": COUNTER, "peak_bytes": peak,
                 "source": "torch.profiler memory events (profile_memory=True), every CPU allocation from model build on"}
+
+
+CONVOLUTIONS_NOTE = ("the model has convolutions: on the CPU, oneDNN's convolution kernels allocate weight-sized "
+                     "buffers that no tensor tracker sees (this counter includes them, the tensor tracker does not)")
+
+
+def beyond_tensors(counted: int, tensors: int | None, model: nn.Module) -> dict[str, Any]:
+    """How far the allocator's peak lies above the tensor tracker's, and why, for a result's figures.
+
+    Arrays that numpy allocated (a batch's region features read from .npy files) are outside both."""
+    if tensors is None:
+        return {}
+    out: dict[str, Any] = {"beyond_tensor_tracker_bytes": counted - tensors}
+    if any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
+        out["note"] = CONVOLUTIONS_NOTE
+    return out

@@ -16,6 +16,13 @@ REPORTED_CATEGORIES = (*CATEGORIES, *EXTRA_CATEGORIES)
 OWNERS = ("backbone", "method", "head", "other")
 
 
+def phase_peak(figures: dict[str, Any] | None) -> int | None:
+    """One phase's peak bytes, whichever counter measured it: `peak_bytes` (the tensor trackers) or the CUDA
+    allocator's `max_memory_allocated`; None when the phase has neither (or was not measured)."""
+    figures = figures or {}
+    return figures.get("peak_bytes") or figures.get("max_memory_allocated")
+
+
 class Tracker(Protocol):
     """Measures memory while a few training steps run.
 

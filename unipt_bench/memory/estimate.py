@@ -8,12 +8,15 @@ sees detached tensors (see `grad_hooks_only_with_grad`).
 
 Attribution: every activation and temporary is charged, when it is created, to the innermost module
 running (backbone, the method's own modules, the task head, or "other": the loss, clipping and the
-optimizer). Parameters and buffers belong to their module; gradients and optimizer state present at
+optimizer). The innermost module is the one entered last among those still running (`OrderedModTracker`):
+in backward a module whose inputs need no gradient stays "running" until the backward ends, so the
+deepest path would keep charging a frozen layer for what the modules after it allocate. Parameters and buffers belong to their module; gradients and optimizer state present at
 the peak are split in proportion to each owner's trainable parameter bytes.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import weakref
 from collections.abc import Callable, Iterator
@@ -24,7 +27,9 @@ from typing import Any
 import torch
 from torch import nn, optim
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.autograd.graph import register_multi_grad_hook
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType, _UpdateType, _WeakRefInfo
+from torch.distributed._tools.mod_tracker import ModTracker
 from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_leaves, tree_map_only
@@ -91,6 +96,51 @@ def grad_hooks_only_with_grad(hook: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
+class OrderedModTracker(ModTracker):
+    """ModTracker that knows the order modules were entered in, and never changes what backward holds.
+
+    - `innermost()`: the running module entered last (ModTracker keeps a set of running modules).
+    - A module's backward ends at the first gradient of its inputs (multi-grad hook mode "any"); ModTracker
+      waits for all of them ("all"), and a hook in that mode keeps every gradient it has been given alive
+      until the last one arrives: bytes an untracked backward frees earlier.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = itertools.count()
+        self.entered: dict[str, int] = {}  # module name -> when it last entered (forward or backward)
+
+    def _get_append_fn(self, w_mod: Any, name: str, is_bw: bool) -> Callable[..., None]:
+        append = super()._get_append_fn(w_mod, name, is_bw)
+
+        def fn(*args: Any) -> None:
+            append(*args)
+            self.entered[name] = next(self.clock)
+
+        return fn
+
+    def _fw_pre_hook(self, mod: nn.Module, input: Any) -> None:
+        """ModTracker's forward pre-hook, its inputs' backward hook in mode "any"."""
+        name = self._get_mod_name(mod)
+        w_mod = weakref.ref(mod)
+        self._get_append_fn(w_mod, name, False)()
+        if self._user_pre_fw_hook is not None:
+            self._user_pre_fw_hook(mod, input)
+        if self.is_bw:
+            return
+        tensors = [a for a in tree_leaves(input) if isinstance(a, torch.Tensor) and a.requires_grad]
+        if tensors:
+            register_multi_grad_hook(tensors, self._get_pop_fn(w_mod, name, True), mode="any")
+        else:  # no input takes a gradient: the module's backward ends with the whole backward
+            self._post_bw_callbacks_to_enqueue.append(self._get_pop_fn(w_mod, name, True))
+
+    def innermost(self) -> str:
+        """Path (relative to the model) of the innermost module running; "" outside every module."""
+        running = self.parents - {"Global"}
+        last = max(running, key=lambda name: self.entered.get(name, -1), default="")
+        return last.split(".", 1)[1] if "." in last else ""
+
+
 class StorageMap:
     """Storage -> (info, weak reference), keyed by the storage's id: MemTracker's map of tracked storages.
 
@@ -130,7 +180,7 @@ class PhasedMemTracker(MemTracker):
         # (ddp_buckets.py), so they count 0 bytes here
         self.grads_in_buckets = grads_in_buckets
         self._WINFO = StorageMap()
-        mods = self._mod_tracker
+        mods = self._mod_tracker = OrderedModTracker()
         mods._fw_pre_hook = grad_hooks_only_with_grad(mods._fw_pre_hook)  # registered on __enter__
         mods._fw_post_hook = grad_hooks_only_with_grad(mods._fw_post_hook)
         self.live_total = 0  # live bytes, all categories and devices
@@ -188,11 +238,6 @@ class PhasedMemTracker(MemTracker):
         if winfo.mem_consumed > 0:
             self._update_snap(_UpdateType.ADD, winfo)
 
-    def innermost_module(self) -> str:
-        """Path (relative to the model) of the innermost module running; "" outside every module."""
-        deepest = max(self._mod_tracker.parents - {"Global"}, key=len, default="")
-        return deepest.split(".", 1)[1] if "." in deepest else ""
-
     def charge(self, owner: str, reftype: Any, nbytes: int) -> None:
         cats = self.live_by_owner.setdefault(owner, {})
         cats[CATEGORY_OF[reftype]] = cats.get(CATEGORY_OF[reftype], 0) + nbytes
@@ -239,11 +284,11 @@ class PhasedMemTracker(MemTracker):
         """Activations and temporaries belong to the module running when they are created."""
         owner = self.owners.get(winfo)
         if u_type == _UpdateType.ADD and winfo.reftype in DYNAMIC:
-            owner = self.owners[winfo] = self.owner_of(self.innermost_module())
+            owner = self.owners[winfo] = self.owner_of(self._mod_tracker.innermost())
             self.charge(owner, winfo.reftype, winfo.mem_consumed)
         elif owner is None:
             if u_type == _UpdateType.REF and winfo.reftype in DYNAMIC:  # re-labelled into an activation
-                owner = self.owners[winfo] = self.owner_of(self.innermost_module())
+                owner = self.owners[winfo] = self.owner_of(self._mod_tracker.innermost())
                 self.charge(owner, winfo.reftype, winfo.mem_consumed)
         elif u_type == _UpdateType.DEL:
             self.charge(self.owners.pop(winfo), winfo.reftype, -winfo.mem_consumed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from .base import phase_peak
 from .cuda import p99
 
 SUMMED = ("num_alloc_retries", "num_ooms")  # counts of events: both segments' events happened
@@ -25,17 +26,13 @@ def with_segment(figures: dict[str, dict[str, Any]], from_step: int, to_step: in
             for counter, values in figures.items()}
 
 
-def phase_peak(values: dict[str, Any]) -> int:
-    return values.get("peak_bytes") or values.get("max_memory_allocated") or 0
-
-
 def merge_counter(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
     """One counter's figures over two segments (see the module docstring)."""
     base = dict(later if (later.get("peak_bytes") or 0) > (earlier.get("peak_bytes") or 0) else earlier)
     if "by_phase" in earlier or "by_phase" in later:
         phases = dict(earlier.get("by_phase", {}))
         for phase, values in later.get("by_phase", {}).items():
-            if phase not in phases or phase_peak(values) > phase_peak(phases[phase]):
+            if phase not in phases or (phase_peak(values) or 0) > (phase_peak(phases[phase]) or 0):
                 phases[phase] = values
         base["by_phase"] = phases
     for key in CONCATENATED:

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..memory.base import CATEGORIES, OWNERS, PHASES, REPORTED_CATEGORIES
+from ..memory.base import CATEGORIES, OWNERS, PHASES, REPORTED_CATEGORIES, phase_peak
 from ..results import RunResult
 from . import figures, headline, measured, training
 from .measured import MeasuredColumn
@@ -142,8 +142,7 @@ class RowView:
     @property
     def phases(self) -> dict[str, int | None]:
         by_phase = self.memory.get("by_phase", {})
-        return {p: (by_phase.get(p) or {}).get("peak_bytes") or (by_phase.get(p) or {}).get("max_memory_allocated")
-                for p in PHASES}
+        return {p: phase_peak(by_phase.get(p)) for p in PHASES}
 
     @property
     def calibration(self) -> dict[str, Any] | None:
