@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import grounding, retrieval, vqa  # noqa: F401  (registration)
+from . import classification, grounding, retrieval, vqa  # noqa: F401  (registration)
 from .base import TASKS, Recipe, Task, TaskModel, Tower, register_task
 
 __all__ = ["TASKS", "Recipe", "Task", "TaskModel", "Tower", "register_task"]
