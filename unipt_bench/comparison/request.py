@@ -220,7 +220,7 @@ def method_names(methods: str | list[str] | None) -> list[str]:
     from ..methods import METHODS
 
     if methods is None:
-        return list(METHODS.names())
+        return list(dict.fromkeys(["full", *METHODS.names()]))
     names = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
     unknown = [m for m in names if m not in METHODS]
     if unknown or not names:
