@@ -165,7 +165,9 @@ def length_points(memory: ShapeMemory, axis: Axis, shape: Shape) -> list[tuple[i
 def traced_points(memory: TracedMemory, shape: Shape, varied: list[str]) -> list[tuple[int, int]]:
     """(value, peak) of every traced run of this method that differs from `shape` only on the `varied` axes."""
     points = set()
-    for result in list(memory.tracer.cache.values()):
+    with memory.tracer.lock:
+        results = list(memory.tracer.cache.values())
+    for result in results:
         spec = result.run_spec
         if spec.label != memory.spec.label or spec.mode != memory.spec.mode or result.status != "ok":
             continue

@@ -24,9 +24,10 @@ def peak_lines(series: dict[str, list[tuple[int, int]]], budget: int, xlabel: st
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for label, points in series.items():
-        if not points:
+        drawn = [(x, y / GIB) for x, y in points if y is not None]
+        if not drawn:
             continue
-        xs, ys = zip(*[(x, y / GIB) for x, y in points if y is not None], strict=True)
+        xs, ys = zip(*drawn, strict=True)
         style = {"color": FULL_COLOR, "linewidth": 2.2} if label == "full" else {"linewidth": 1.2}
         ax.plot(xs, ys, marker="o", markersize=2.5, label=literal(label), **style)
     ax.axhline(budget / GIB, color="#333333", linestyle="--", linewidth=1, label="budget")
