@@ -21,6 +21,7 @@ from unipt_bench.runner import execute
 from .browser import dump_dom, needs_chromium
 from .test_bad_inputs import invoke
 
+BUDGET, LIMIT = 2**20, 256
 FIGURES = ("peak_bytes", "trainable_params", "trainable_method_params", "total_params")
 
 
@@ -36,9 +37,9 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def roberta(folders):
-    """Every registered method on the RoBERTa-like model, classification at batch 4, 8 tokens, 300 KiB."""
-    request = request_of(f"hf:{folders['roberta']}", "classification", 4, seq_len=8, budget="300KiB")
-    return run_comparison(request, isolate=False, limit=64)
+    """Every registered method on the RoBERTa-like model, classification at batch 4, 8 tokens, 1 MiB."""
+    request = request_of(f"hf:{folders['roberta']}", "classification", 4, seq_len=8, budget="1MiB")
+    return run_comparison(request, isolate=False, limit=LIMIT)
 
 
 def peak(spec, batch: int) -> int:
@@ -54,23 +55,25 @@ def test_every_method_is_present_with_figures_or_the_reason_it_does_not_apply(ro
     refused = [r for r in rows.values() if r["status"] == "not_applicable"]  # none on RoBERTa: the CNN has some
     assert all(r["reason"] for r in refused) and not any(r["applies"] for r in refused)
     ok = [r for r in rows.values() if r["status"] == "ok"]
-    assert len(ok) + len(refused) == len(rows) and all(r["mode"] == "estimate" and r["curve_mode"].startswith("estimate") for r in ok)
+    failed = [r for r in rows.values() if r["status"] == "error"]  # a method that cannot run so small says why
+    assert all(r["reason"] for r in failed) and len(ok) >= 10, [(r["method"], r["reason"]) for r in failed]
+    assert all(r["mode"] == "estimate" and r["curve_mode"].startswith("estimate") for r in ok)
     for r in ok:
         assert r["peak_bytes"] > 0 and r["trainable_params"] > 0 and r["bytes_per_sample"] > 0
-        assert r["bytes_per_token"] is not None and r["fits"] == (r["peak_bytes"] <= 300 * 1024)
+        assert r["bytes_per_token"] is not None and r["fits"] == (r["peak_bytes"] <= BUDGET)
     assert rows["full"]["reaches_full_at_seq_len"] is None  # the reference itself
     assert any(r["on_front"] for r in ok)
     frame = data_frame(roberta)
-    assert list(frame["method"]) == list(rows) and frame.attrs["budget_bytes"] == 300 * 1024
+    assert list(frame["method"]) == list(rows) and frame.attrs["budget_bytes"] == BUDGET
 
 
 def test_the_largest_batch_fits_and_one_more_does_not(roberta) -> None:
     specs = {s.label: s for s in suite_specs(roberta.suite, "estimate")}
     checked = 0
     for row in roberta.table():
-        if row["status"] == "ok" and row["max_batch"] and row["max_batch"] < 64 and row["method"] in ("full", "lora"):
-            assert peak(specs[row["method"]], row["max_batch"]) <= 300 * 1024 < peak(specs[row["method"]],
-                                                                                     row["max_batch"] + 1)
+        if row["status"] == "ok" and row["max_batch"] and row["max_batch"] < LIMIT and row["method"] in ("full", "lora"):
+            batch = row["max_batch"]
+            assert peak(specs[row["method"]], batch) <= BUDGET < peak(specs[row["method"]], batch + 1)
             checked += 1
     assert checked == 2
 
@@ -100,7 +103,7 @@ def test_image_models_a_vit_from_its_folder_and_a_timm_cnn_by_name(folders) -> N
     assert set(rows) == {"full", "lora", "adapter", "prompt"}
     assert rows["lora"]["status"] == "ok" and rows["lora"]["max_batch"]
     assert "image_size cannot vary" in rows["lora"]["note"]  # a ViT's position embeddings fix its image size
-    cnn = run_comparison(request_of("timm:resnet18", "classification", 2, image_size=32, budget="200MiB",
+    cnn = run_comparison(request_of("timm:resnet18", "classification", 2, image_size=64, budget="200MiB",
                                     methods="bitfit,prompt"), isolate=False, limit=8)
     rows = {r["method"]: r for r in cnn.table()}
     assert rows["prompt"]["status"] == "not_applicable" and not rows["prompt"]["applies"]

@@ -118,13 +118,16 @@ def analyse(spec: RunSpec, request: Request, tracer: Tracer, memory: ShapeMemory
     notes = []
     if result.status == "ok":
         batched = TracedMemory(spec, tracer) if spec.mode != "estimate" else memory  # measured modes probe there
-        best = batched.max_batch(request.budget_bytes, shape, limit)
-        values["max_batch"] = best
-        if best == limit:
-            notes.append(f"max batch capped at --limit {limit}")
-        peak, bigger = memory.peak(shape), memory.peak({**shape, "batch": shape["batch"] + 1})
-        if peak is not None and bigger is not None:
-            values["bytes_per_sample"] = bigger - peak
+        best, peak = None, memory.peak(shape)
+        try:
+            best = values["max_batch"] = batched.max_batch(request.budget_bytes, shape, limit)
+            if best == limit:
+                notes.append(f"max batch capped at --limit {limit}")
+            bigger = memory.peak({**shape, "batch": shape["batch"] + 1})
+            if peak is not None and bigger is not None:
+                values["bytes_per_sample"] = bigger - peak
+        except ShapeError as exc:  # e.g. batch norm over a single value at batch 1
+            notes.append(f"batch cannot vary: {exc}")
         row.batch_points = batch_points(memory, shape, best)
         for axis in axes:
             try:
