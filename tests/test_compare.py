@@ -55,8 +55,9 @@ def test_every_method_is_present_with_figures_or_the_reason_it_does_not_apply(ro
     refused = [r for r in rows.values() if r["status"] == "not_applicable"]  # none on RoBERTa: the CNN has some
     assert all(r["reason"] for r in refused) and not any(r["applies"] for r in refused)
     ok = [r for r in rows.values() if r["status"] == "ok"]
-    failed = [r for r in rows.values() if r["status"] == "error"]  # a method that cannot run so small says why
-    assert all(r["reason"] for r in failed) and len(ok) >= 10, [(r["method"], r["reason"]) for r in failed]
+    failed = {r["method"]: r["reason"] for r in rows.values() if r["status"] == "error"}
+    assert list(failed) == ["sherl"] and "late_layers" in failed["sherl"]  # SHERL needs two layers; this has one
+    assert len(ok) == len(rows) - 1
     assert all(r["mode"] == "estimate" and r["curve_mode"].startswith("estimate") for r in ok)
     for r in ok:
         assert r["peak_bytes"] > 0 and r["trainable_params"] > 0 and r["bytes_per_sample"] > 0
