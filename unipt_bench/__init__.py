@@ -5,3 +5,7 @@ backbone, with trainable parameters, peak memory by category and phase, and task
 """
 
 __version__ = "0.1.0"
+
+from .comparison import compare  # noqa: E402  (the version above is read by the package's own modules)
+
+__all__ = ["compare"]

@@ -1,0 +1,88 @@
+"""Run a comparison: every method of the request's suite traced at the asked shape and analysed, in lanes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import RunSpec
+from .accuracy import trained_scores
+from .analysis import MethodRow, analyse, comparison_axes
+from .front import front_members
+from .request import Request
+from .shape_memory import ShapeMemory, Tracer, shape_memory
+from .suite import suite_specs, suite_text
+
+
+@dataclass
+class Comparison:
+    request: Request
+    suite: str  # the suite's TOML text
+    rows: list[MethodRow] = field(default_factory=list)  # in the suite's method order
+    seconds: float = 0.0
+    traces: int = 0
+
+    def table(self) -> list[dict[str, Any]]:
+        return [row.values for row in self.rows]
+
+
+def run_comparison(request: Request, jobs: int = 1, store: str | Path | None = None, limit: int = 4096,
+                   isolate: bool = True,
+                   on_start: Callable[[RunSpec], None] = lambda spec: None,
+                   on_done: Callable[[RunSpec, MethodRow], None] = lambda spec, row: None,
+                   curve_maker: Callable[[RunSpec, list[str]], Any] | None = None) -> Comparison:
+    """Trace and analyse every method; full fine-tuning is the reference every crossing is measured against.
+    isolate=False traces in this process (estimates only leave nothing behind; tests use it to save the
+    child process's start)."""
+    from ..runner import Lane, serve_lanes
+
+    started = time.perf_counter()
+    text = suite_text(request)
+    specs = suite_specs(text, request.mode)
+    tracer = Tracer()
+    axes = [name for axis in comparison_axes(request) for name in axis.names]
+    estimates = {s.label: RunSpec.from_dict({**s.to_dict(), "mode": "estimate"}) for s in specs}
+    memories: dict[str, ShapeMemory] = {}
+    building = threading.Lock()
+
+    def memory_of(label: str) -> ShapeMemory:
+        with building:  # full's memory is asked for by every lane: built once
+            if label not in memories:
+                memories[label] = shape_memory(estimates[label], axes, tracer, curve_maker)
+            return memories[label]
+
+    full_label = next((s.label for s in specs if s.method == "full"), None)
+    rows: dict[str, MethodRow] = {}
+
+    def work(lane: Lane, spec: RunSpec) -> MethodRow:
+        with tracer.using(lane):
+            full = memory_of(full_label) if full_label else None
+            return analyse(spec, request, tracer, memory_of(spec.label), full, limit)
+
+    def finish(spec: RunSpec, row: MethodRow) -> None:
+        rows[spec.label] = row
+        on_done(spec, row)
+
+    lanes = [Lane(isolate) for _ in range(max(1, jobs))]
+    serve_lanes(specs, lanes, work, finish, on_start, interrupted=lambda spec: None,
+                crashed=lambda spec, exc: error_row(spec, exc))
+    comparison = Comparison(request, text, [rows[s.label] for s in specs if s.label in rows])
+    on_front = front_members(comparison.table())
+    scores = trained_scores(store, specs) if store is not None else {}
+    for row in comparison.rows:
+        label = row.values["method"]
+        row.values["on_front"] = label in on_front
+        row.values.update(scores.get(label, {"accuracy": None, "accuracy_metric": None, "accuracy_run": None}))
+    comparison.seconds = round(time.perf_counter() - started, 1)
+    comparison.traces = tracer.traces
+    return comparison
+
+
+def error_row(spec: RunSpec, exc: Exception) -> MethodRow:
+    """A method whose analysis failed: one line saying why, no figures."""
+    return MethodRow({"method": spec.label, "status": "error", "applies": True, "mode": spec.mode,
+                      "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
