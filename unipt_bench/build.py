@@ -43,7 +43,7 @@ def build(spec: RunSpec, weights: bool = True) -> Built:
 def module_owner(model: TaskModel) -> Callable[[str], str]:
     """Who a module (path relative to the model) belongs to: "backbone", "method" (modules a PETL method
     added), "head" (task heads and towers trained with them) or "other" (the model itself: the loss)."""
-    markers = {name for method in METHODS.names() for name in METHODS.get(method).module_names}
+    markers = {name for method in METHODS.entries() for name in method.module_names}
 
     def owner(path: str) -> str:
         parts = path.split(".") if path else []
