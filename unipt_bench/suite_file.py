@@ -170,6 +170,8 @@ class SuiteReader:
 
     def read_config(self, suite: str, defaults: dict[str, Any], config: dict[str, Any]) -> list[RunSpec]:
         # imported here, not at the top: commands that only name a suite (results, report) never load torch
+        import torch
+
         from .backbones import BACKBONES, create_backbone, is_backbone
         from .methods import METHODS
         from .tasks import TASKS
@@ -234,10 +236,14 @@ class SuiteReader:
                 raise self.fail(f"{what}: unknown method {method!r} (known: {', '.join(METHODS.names())})", method)
             options = {k: v for k, v in run.items() if k not in RUN_KEYS}
             try:
-                METHODS.get(method).from_options(options)
+                checked = METHODS.get(method).from_options(options)
+                if checked.checks_backbones:  # options that depend on the tower (e.g. PEFT's target modules)
+                    for t in (t for t in towers if t.tuned):
+                        with torch.device("meta"):
+                            checked.check_backbone(create_backbone(t.backbone, t.weights, load=False))
             except UserError as exc:
                 raise self.fail(f"{what}: {exc}", getattr(exc, "key", method)) from None
-            label = run.get("label", method)
+            label = run.get("label", method.replace(":", "-"))  # peft:lora -> peft-lora
             if name_problem(label):
                 raise self.fail(f"{what}: label {name_problem(label)}", str(label))
             gpus = self.typed(run, "gpus", int, f"{what}, method {label!r}", gpus_default)

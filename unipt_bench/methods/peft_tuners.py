@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -140,10 +141,16 @@ class PeftTuner(Method):
             raise self.rejected(exc) from None
 
     def rejected(self, exc: Exception) -> OptionError:
-        """PEFT's refusal as one line naming the method and the option(s) it concerns."""
+        """PEFT's refusal as one line naming the method and the option(s) it concerns: those the suite gave
+        that the message names, else the defaults it names."""
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        named = [k for k in self.options_given if k in message] or sorted(self.options_given) or ["(defaults)"]
-        return OptionError(f"method {self.name!r}: PEFT rejects option {', '.join(named)}: {message}", named[0])
+        words = set(re.findall(r"\w+", message))
+        given = [k for k in self.options_given if k in words]
+        if given:
+            return OptionError(f"method {self.name!r}: PEFT rejects option {', '.join(given)}: {message}", given[0])
+        fields_named = sorted(f.name for f in fields(PEFT_TYPE_TO_CONFIG_MAPPING[self.peft_type]) if f.name in words)
+        what = f"the default of option {', '.join(fields_named)}" if fields_named else "these options"
+        return OptionError(f"method {self.name!r}: PEFT rejects {what}: {message}", self.name)
 
     def refusal(self, backbone: Backbone) -> str:
         reason = super().refusal(backbone)
