@@ -37,6 +37,7 @@ def list_cmd(what: str) -> None:
             needs = [f"needs {', '.join(c.__name__ for c in cls.needs)}"] if cls.needs else []
             needs += [f"designs for {', '.join(sorted(cls.kinds))}"] if cls.kinds else []
             click.echo(f"  {name:<10} {doc}" + (f"  [{'; '.join(needs)}]" if needs else ""))
+        list_peft_types(len(METHODS.names()))
     if what in ("all", "tasks"):
         from ..tasks import TASKS
 
@@ -63,3 +64,25 @@ def list_cmd(what: str) -> None:
             click.echo(f"{title}:" + ("" if lines else " no options"))
             for line in lines:
                 click.echo(f"  {line}")
+
+
+def list_peft_types(registered: int) -> None:
+    """Every tuner type of the installed PEFT: the `peft:<type>` methods that run, then why the others do not."""
+    import peft
+
+    from ..methods.peft_tuners import NOT_ESTIMABLE, peft_types, type_name
+
+    types = peft_types()
+    running = [name for name, why in types.items() if not why]
+    click.echo(f"PEFT {peft.__version__} tuner types (options: the type's PEFT config fields; targets: the "
+               "backbone's low-rank targets unless target_modules is given) [needs LoraTargets]:")
+    only_real = {type_name(t): why for t, why in NOT_ESTIMABLE.items()}
+    for name in running:
+        note = f"  (cpu and cuda modes only: it {only_real[name]})" if name in only_real else ""
+        click.echo(f"  {name:<28}{note}")
+    click.echo("PEFT tuner types that do not run on a suite's towers:")
+    for name, why in types.items():
+        if why:
+            click.echo(f"  {name:<28} {why}")
+    click.echo(f"{registered + len(running)} methods run on some backbone ({registered} built in, "
+               f"{len(running)} PEFT types); {len(types) - len(running)} PEFT types do not.")

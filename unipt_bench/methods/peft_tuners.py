@@ -29,15 +29,16 @@ from .base import METHODS, Method, freeze
 PREFIX = "peft:"
 RESERVED = ("peft_type", "task_type", "inference_mode")  # set by the method, not by a suite
 
-PROMPT_LEARNING = ("prompt learning: PEFT prepends virtual tokens (or key/value prefixes) through a PeftModel "
-                   "for a transformers task model (task_type), around the forward a tower's backbone owns; "
-                   "the `prompt` method is deep prompt tuning for the suite's towers")
+PROMPT_LEARNING = ("prompt learning: PEFT adds virtual tokens or key/value prefixes inside a PeftModel "
+                   "of a transformers task model (task_type), not inside a tower's own forward; "
+                   "the `prompt` method is prefix tuning for towers")
 WHY_NOT = {  # types that do not adapt a tower's layers, and why
     PeftType.ADAPTION_PROMPT: "adaption prompts are written into LLaMA-style decoder attention: a causal LM only",
     PeftType.XLORA: "mixes LoRA adapters already trained (loaded from paths) inside a causal LM that runs "
                     "with use_cache=False: not a tuner of a pretrained tower",
     PeftType.POLY: "routes every sample through skills chosen by task_ids passed with each batch: multi-task "
                    "training, which no task of the suite feeds",
+    PeftType.FROD: "keeps sparse tensors, whose bytes PyTorch's memory tracker cannot read (no storage)",
     PeftType.SHADOW: "a shadow network riding a decoder-only model's decoder loop: a causal LM only",
     PeftType.TRAINABLE_TOKENS: "trains chosen rows (token_indices) of a token embedding: a vocabulary change "
                                "that image, grid and feature towers have no embedding table for",
@@ -45,7 +46,6 @@ WHY_NOT = {  # types that do not adapt a tower's layers, and why
 NOT_ESTIMABLE = {  # types that run on real tensors only, and what an estimate's meta build or fake tensors lack
     PeftType.ADAMSS: "clusters the SVD of each pretrained weight into subspaces when it is built",
     PeftType.BOFT: "builds its butterfly permutation matrices from index values when it is built",
-    PeftType.FROD: "decomposes the pretrained weights jointly across layers when it is built",
     PeftType.UNILORA: "draws its shared-vector indices with a value-dependent bincount when it is built",
     PeftType.OSF: "splits each pretrained weight by its SVD when it is built (the split sets parameter shapes)",
     PeftType.SHIRA: "picks its sparse positions with nonzero() when it is built (a value-dependent shape)",
@@ -54,7 +54,8 @@ NOT_ESTIMABLE = {  # types that run on real tensors only, and what an estimate's
     PeftType.LOKR: "draws a random number in every training forward to decide its module dropout",
     PeftType.VBLORA: "shares one trainable vector bank among layers by reference, which the estimate's "
                      "fake materialisation cannot swap",
-    PeftType.FOURIERFT: "its estimate differs from the cpu measurement in the optimizer phase (unexplained)",
+    PeftType.FOURIERFT: "gives an estimate that differs from the cpu measurement in the optimizer phase (not "
+                        "explained yet)",
 }
 OPTION_DEFAULTS = {  # options PEFT requires without a default, with the value a profile needs
     PeftType.ADALORA: {"total_step": 1000},  # it only schedules the rank budget; a profile runs a few steps
