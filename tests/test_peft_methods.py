@@ -37,13 +37,13 @@ def spec_of(method: str, mode: str, options: dict | None = None) -> RunSpec:
 
 
 def traced(spec: RunSpec) -> tuple[dict, dict]:
-    """One tracked training step and the evaluation pass (no timed steps): the primary tracker's figures."""
+    """One tracked training step (no evaluation pass, no timed steps: kept cheap), the primary tracker's figures."""
     with warnings.catch_warnings(), ExitStack() as stack:
         warnings.simplefilter("ignore")
         run = prepare(spec, stack)
         trackers = make_trackers(spec, run, RunOptions(trackers=[]))
         with trackers:
-            run.trace(trackers, spec.steps)
+            run.step(trackers)
         counts = parameter_counts(run.built)
     (memory,) = trackers.results().values()
     return memory, counts
