@@ -67,22 +67,21 @@ def list_cmd(what: str) -> None:
 
 
 def list_peft_types(registered: int) -> None:
-    """Every tuner type of the installed PEFT: the `peft:<type>` methods that run, then why the others do not."""
+    """Every tuner type of the installed PEFT, in the methods section: the `peft:<type>` methods that run (options:
+    the type's PEFT config fields; targets: the backbone's low-rank targets unless target_modules is given),
+    then why the others do not run."""
     import peft
 
     from ..methods.peft_tuners import NOT_ESTIMABLE, peft_types, type_name
 
     types = peft_types()
     running = [name for name, why in types.items() if not why]
-    click.echo(f"PEFT {peft.__version__} tuner types (options: the type's PEFT config fields; targets: the "
-               "backbone's low-rank targets unless target_modules is given) [needs LoraTargets]:")
     only_real = {type_name(t): why for t, why in NOT_ESTIMABLE.items()}
     for name in running:
-        note = f"  (cpu and cuda modes only: it {only_real[name]})" if name in only_real else ""
-        click.echo(f"  {name:<28}{note}")
-    click.echo("PEFT tuner types that do not run on a suite's towers:")
+        note = f"; cpu and cuda modes only: it {only_real[name]}" if name in only_real else ""
+        click.echo(f"  {name:<14} PEFT {peft.__version__} tuner type, its config's options  [needs LoraTargets{note}]")
     for name, why in types.items():
         if why:
-            click.echo(f"  {name:<28} {why}")
-    click.echo(f"{registered + len(running)} methods run on some backbone ({registered} built in, "
-               f"{len(running)} PEFT types); {len(types) - len(running)} PEFT types do not.")
+            click.echo(f"  {name:<14} does not run: {why}")
+    click.echo(f"  ({registered + len(running)} methods run on some backbone: {registered} built in and "
+               f"{len(running)} PEFT types; {len(types) - len(running)} PEFT types do not)")
