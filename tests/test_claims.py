@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 from unipt_bench.claims import builtin_claims_dir, read_claims, verdict
-from unipt_bench.cli import main
 from unipt_bench.errors import UserError
+
+from .test_bad_inputs import invoke
 
 SUITE = """name = "claims-tiny"
 [[configs]]
@@ -25,17 +24,6 @@ def record(claimed: float, **fields: str) -> str:
               "metric": "peak", "suite": "suites/tiny.toml", "config": "c", "numerator": "bitfit",
               "denominator": "bitfit-again", **fields}
     return "".join(f'{k} = "{v}"\n' for k, v in values.items()) + f"claimed = {claimed}\n"
-
-
-def invoke(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["unipt-bench", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_the_built_in_claims_are_at_least_eight_well_formed_records() -> None:

@@ -3,7 +3,6 @@ what PEFT itself counts, and bad options fail when a suite is read."""
 
 from __future__ import annotations
 
-import sys
 import warnings
 from contextlib import ExitStack
 
@@ -12,12 +11,13 @@ from click.testing import CliRunner
 
 from unipt_bench.backbones import create_backbone
 from unipt_bench.build import parameter_counts
-from unipt_bench.cli import main
 from unipt_bench.cli.app import cli
 from unipt_bench.config import RunSpec, TowerSpec
 from unipt_bench.methods import create_method
 from unipt_bench.methods.peft_tuners import NOT_ESTIMABLE, peft_types, type_name
 from unipt_bench.profile import RunOptions, make_trackers, prepare
+
+from .test_bad_inputs import invoke
 
 RUNNING = [name for name, why in peft_types().items() if not why]
 REAL_ONLY = {type_name(t) for t in NOT_ESTIMABLE}
@@ -98,12 +98,9 @@ def test_bad_peft_options_fail_in_one_line_when_the_suite_is_read(tmp_path, monk
                                                                    named: str) -> None:
     suite = tmp_path / "peftbad.toml"
     suite.write_text(suite_with(method))
-    monkeypatch.setattr(sys, "argv", ["unipt-bench", "run", "--suite", str(suite), "--out", str(tmp_path / "out")])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    assert exited.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and f"peftbad.toml:5: config 'c': {named}" in lines[0], lines
+    code, _, err = invoke(["run", "--suite", str(suite), "--out", str(tmp_path / "out")], monkeypatch, capsys)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and f"peftbad.toml:5: config 'c': {named}" in lines[0], err
     assert not (tmp_path / "out").exists()  # refused before any run
 
 

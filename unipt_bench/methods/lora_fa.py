@@ -16,20 +16,16 @@ from peft.optimizers import create_lorafa_optimizer
 from peft.optimizers.lorafa import LoraFAOptimizer
 from torch import nn
 
-from ..backbones.base import Backbone, LoraTargets
-from ..configurable import bounded
-from .base import Method, register_method
+from ..backbones.base import Backbone
+from .base import register_method
+from .lora import LoRA
 from .peft_tuners import apply_peft, plain
 
 
 @register_method("lora-fa")
 @dataclass
-class LoraFA(Method):
-    module_names = ("lora_A", "lora_B")
-    needs = (LoraTargets,)
-    rank: int = bounded(8, at_least=1)
-    alpha: int = bounded(16, at_least=1)
-    dropout: float = bounded(0.0, at_least=0, below=1)
+class LoraFA(LoRA):
+    """LoRA's options (rank, alpha, dropout) and targets; A frozen, PEFT's LoRA-FA optimizer."""
 
     def __post_init__(self) -> None:
         self.tuned: list[peft.PeftModel] = []  # one per tuned tower, for the optimizer
