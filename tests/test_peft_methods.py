@@ -49,8 +49,9 @@ def traced(spec: RunSpec) -> tuple[dict, dict]:
     return memory, counts
 
 
-@pytest.mark.parametrize("method", RUNNING)
+@pytest.mark.parametrize("method", [*RUNNING, "lora-fa"])
 def test_every_running_peft_type_estimates_its_cpu_bytes_and_trains_what_peft_counts(method: str) -> None:
+    """LoRA-FA too: PEFT's LoRA with A frozen, and PEFT's optimizer, whose state the estimate must follow."""
     real, counts = traced(spec_of(method, "cpu"))
     tuner = create_method(method, SMALL.get(method, {}))
     assert counts["trainable_method_params"] == tuner.closed_form_trainable(create_backbone("tiny-bert"), 8) > 0
