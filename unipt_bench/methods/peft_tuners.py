@@ -39,6 +39,7 @@ WHY_NOT = {  # types that do not adapt a tower's layers, and why
     PeftType.POLY: "routes every sample through skills chosen by task_ids passed with each batch: multi-task "
                    "training, which no task of the suite feeds",
     PeftType.FROD: "keeps sparse tensors, whose bytes PyTorch's memory tracker cannot read (no storage)",
+    PeftType.SHIRA: "keeps sparse tensors, whose bytes PyTorch's memory tracker cannot read (no storage)",
     PeftType.SHADOW: "a shadow network riding a decoder-only model's decoder loop: a causal LM only",
     PeftType.TRAINABLE_TOKENS: "trains chosen rows (token_indices) of a token embedding: a vocabulary change "
                                "that image, grid and feature towers have no embedding table for",
@@ -48,7 +49,6 @@ NOT_ESTIMABLE = {  # types that run on real tensors only, and what an estimate's
     PeftType.BOFT: "builds its butterfly permutation matrices from index values when it is built",
     PeftType.UNILORA: "draws its shared-vector indices with a value-dependent bincount when it is built",
     PeftType.OSF: "splits each pretrained weight by its SVD when it is built (the split sets parameter shapes)",
-    PeftType.SHIRA: "picks its sparse positions with nonzero() when it is built (a value-dependent shape)",
     PeftType.WAVEFT: "picks its wavelet coefficients with nonzero() when it is built (a value-dependent shape)",
     PeftType.LOHA: "draws a random number in every training forward to decide its module dropout",
     PeftType.LOKR: "draws a random number in every training forward to decide its module dropout",
