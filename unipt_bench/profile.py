@@ -106,6 +106,9 @@ def make_optimizer(built: Built) -> tuple[torch.optim.Optimizer, list[nn.Paramet
     if not params:
         raise UserError("nothing trains in this run (no parameter requires grad)")
     recipe = built.task.recipe
+    own = built.method.optimizer(built.model, recipe.lr, recipe.betas, recipe.weight_decay)  # e.g. LoRA-FA's
+    if own is not None:
+        return own, params
     optimizer = torch.optim.AdamW(
         params, lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay, foreach=True
     )
@@ -141,6 +144,7 @@ def protocol(spec: RunSpec, built: Built) -> dict[str, Any]:
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         "allocator_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         "empty_cache": "never; each cuda run starts in a fresh process",
+        **built.method.recorded(),
     }
 
 

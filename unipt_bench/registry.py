@@ -17,6 +17,13 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._families: dict[str, Callable[[str], T]] = {}  # "prefix:" -> resolver of the rest of a name
+        self._resolved: dict[str, T] = {}
+
+    def family(self, prefix: str, resolver: Callable[[str], T]) -> None:
+        """Names `prefix<rest>` resolve through `resolver(rest)` (which raises UserError for an unknown rest):
+        entries made on demand, e.g. one per tuner type of an installed library."""
+        self._families[prefix] = resolver
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(entry: T) -> T:
@@ -37,6 +44,11 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
+        prefix = next((p for p in self._families if name.startswith(p)), None)
+        if prefix is not None:
+            if name not in self._resolved:
+                self._resolved[name] = self._families[prefix](name[len(prefix):])
+            return self._resolved[name]
         try:
             return self._entries[name]
         except KeyError:
@@ -47,8 +59,13 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def entries(self) -> list[T]:
+        """The registered entries and the family entries resolved so far."""
+        return [*(self._entries[n] for n in self.names()), *self._resolved.values()]
+
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        """A family name counts as known; `get` says why when its rest is not."""
+        return name in self._entries or (isinstance(name, str) and any(name.startswith(p) for p in self._families))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

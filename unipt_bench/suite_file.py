@@ -248,6 +248,9 @@ class SuiteReader:
     def read_run(self, entry: object, what: str, cname: str, batch: int, gpus_default: int, ddp: dict[str, Any],
                  shared: dict[str, Any]) -> RunSpec:
         """One methods entry (a name, or a table of method, label, gpus and the method's options) -> its run."""
+        import torch  # here, not at the top: commands that only name a suite (results, report) never load torch
+
+        from .backbones import create_backbone
         from .methods import METHODS
 
         run = {"method": entry} if isinstance(entry, str) else entry
@@ -258,10 +261,14 @@ class SuiteReader:
             raise self.fail(f"{what}: unknown method {method!r} (known: {', '.join(METHODS.names())})", method)
         options = {k: v for k, v in run.items() if k not in RUN_KEYS}
         try:
-            METHODS.get(method).from_options(options)
+            checked = METHODS.get(method).from_options(options)
+            if checked.checks_backbones:  # options that depend on the tower (e.g. PEFT's target modules)
+                for t in (t for t in shared["towers"] if t.tuned):
+                    with torch.device("meta"):
+                        checked.check_backbone(create_backbone(t.backbone, t.weights, load=False))
         except UserError as exc:
             raise self.fail(f"{what}: {exc}", getattr(exc, "key", method)) from None
-        label = run.get("label", method)
+        label = run.get("label", method.replace(":", "-"))  # peft:lora -> peft-lora
         if name_problem(label):
             raise self.fail(f"{what}: label {name_problem(label)}", str(label))
         gpus = self.typed(run, "gpus", int, f"{what}, method {label!r}", gpus_default)

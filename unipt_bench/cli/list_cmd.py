@@ -37,6 +37,7 @@ def list_cmd(what: str) -> None:
             needs = [f"needs {', '.join(c.__name__ for c in cls.needs)}"] if cls.needs else []
             needs += [f"designs for {', '.join(sorted(cls.kinds))}"] if cls.kinds else []
             click.echo(f"  {name:<10} {doc}" + (f"  [{'; '.join(needs)}]" if needs else ""))
+        list_peft_types(len(METHODS.names()))
     if what in ("all", "tasks"):
         from ..tasks import TASKS
 
@@ -63,3 +64,24 @@ def list_cmd(what: str) -> None:
             click.echo(f"{title}:" + ("" if lines else " no options"))
             for line in lines:
                 click.echo(f"  {line}")
+
+
+def list_peft_types(registered: int) -> None:
+    """Every tuner type of the installed PEFT, in the methods section: the `peft:<type>` methods that run (options:
+    the type's PEFT config fields; targets: the backbone's low-rank targets unless target_modules is given),
+    then why the others do not run."""
+    import peft
+
+    from ..methods.peft_tuners import NOT_ESTIMABLE, peft_types, type_name
+
+    types = peft_types()
+    running = [name for name, why in types.items() if not why]
+    only_real = {type_name(t): why for t, why in NOT_ESTIMABLE.items()}
+    for name in running:
+        note = f"; cpu and cuda modes only: it {only_real[name]}" if name in only_real else ""
+        click.echo(f"  {name:<14} PEFT {peft.__version__} tuner type, its config's options  [needs LoraTargets{note}]")
+    for name, why in types.items():
+        if why:
+            click.echo(f"  {name:<14} does not run: {why}")
+    click.echo(f"  ({registered + len(running)} methods run on some backbone: {registered} built in and "
+               f"{len(running)} PEFT types; {len(types) - len(running)} PEFT types do not)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -15,9 +16,10 @@ from .format import markdown_table, print_table
 @cli.command()
 @click.option("--suite", required=True, help="Suite name (as stored).")
 @out_option
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]), default="table",
-              show_default=True)
-def results(suite: str, out: str, fmt: str) -> None:
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown", "peft"]), default="table",
+              show_default=True, help="peft: one file per result in PEFT's method comparison layout, in --dest.")
+@click.option("--dest", default="peft-results", show_default=True, help="--format peft: the folder to write.")
+def results(suite: str, out: str, fmt: str, dest: str) -> None:
     """Show the newest result of every run of a suite (bytes and raw counts in csv/json)."""
     from ..results import ResultStore
 
@@ -30,7 +32,12 @@ def results(suite: str, out: str, fmt: str) -> None:
                         f"run: unipt-bench run --suite {suite}")
     warn_skipped(store)
     rows = [r.row() for r in sorted(latest.values(), key=lambda r: r.display_order)]
-    if fmt == "json":
+    if fmt == "peft":
+        from ..peft_layout import write_peft_results
+
+        paths = write_peft_results(sorted(latest.values(), key=lambda r: r.display_order), Path(dest))
+        click.echo(f"wrote {len(paths)} result files in PEFT's method comparison layout to {dest}")
+    elif fmt == "json":
         click.echo(json.dumps(rows, indent=2))
     elif fmt == "csv":
         import pandas as pd

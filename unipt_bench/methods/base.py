@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -35,6 +35,7 @@ class Method(Configurable):
     needs: ClassVar[tuple[type, ...]] = ()
     side: ClassVar[bool] = False
     module_names: ClassVar[tuple[str, ...]] = ()  # names of the modules it adds (memory attribution)
+    checks_backbones: ClassVar[bool] = False  # check_backbone runs on each tuned tower when a suite is read
 
     def apply(self, backbone: Backbone, out_dim: int) -> nn.Module:
         """Adapt `backbone`; return a module mapping inputs to a BackboneOutput.
@@ -57,6 +58,18 @@ class Method(Configurable):
             if missing:
                 return f"{self.name} needs {capability.__name__}: {missing}"
         return ""
+
+    def check_backbone(self, backbone: Backbone) -> None:
+        """Raise UserError for options that cannot work on `backbone` (a meta copy, when a suite is read)."""
+
+    def recorded(self) -> dict[str, Any]:
+        """What a result's protocol records about how `apply` built the method (merged into the protocol)."""
+        return {}
+
+    def optimizer(self, model: nn.Module, lr: float, betas: tuple[float, float],
+                  weight_decay: float) -> torch.optim.Optimizer | None:
+        """The method's own optimizer over `model`'s trainable parameters, or None for the run's AdamW."""
+        return None
 
     def build(self, backbone: Backbone, out_dim: int) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
