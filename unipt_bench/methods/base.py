@@ -124,6 +124,10 @@ class SideTuned(nn.Module):
         return self
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> BackboneOutput:
+        return self.side(self.frozen_states(inputs))
+
+    def frozen_states(self, inputs: dict[str, torch.Tensor]) -> BackboneOutput:
+        """The backbone's hidden states h_0..h_L, computed under no_grad or read from the cache."""
         keys = inputs.get("cache_keys") if self.cache is not None else None
         out = None if keys is None else self.cache.lookup(keys, next(self.side.parameters()).device)
         if out is None:
@@ -131,4 +135,4 @@ class SideTuned(nn.Module):
                 out = self.backbone(inputs, all_hidden=True)
             if keys is not None:
                 self.cache.add(keys, out)
-        return self.side(out)
+        return out
