@@ -10,6 +10,7 @@ from torch import nn
 
 from .backbones import create_backbone
 from .config import RunSpec
+from .memory_options import apply_memory_options
 from .methods import METHODS, Method, create_method
 from .tasks import TASKS, Task, TaskModel, Tower
 
@@ -33,6 +34,7 @@ def build(spec: RunSpec, weights: bool = True) -> Built:
         backbone = create_backbone(t.backbone, t.weights, load=weights)
         if t.tuned:
             module = method.apply(backbone, task.out_dim)  # raises NotApplicable
+            apply_memory_options(module, backbone, spec.memory)
             width = method.output_width(backbone, task.out_dim)
         else:
             module, width = backbone, backbone.width

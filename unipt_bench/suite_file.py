@@ -17,11 +17,14 @@ from typing import Any
 from .attention import KERNELS
 from .config import DdpSpec, RunSpec, Suite, TowerSpec, TrainSpec, name_problem
 from .errors import UserError
+from .memory_options import CHOICES as MEMORY_CHOICES
+from .memory_options import check as check_memory_options
 
-SUITE_KEYS = {"name", "description", "task", "task_options", "steps", "seed", "attention", "configs", "trackers"}
+SUITE_KEYS = {"name", "description", "task", "task_options", "steps", "seed", "attention", "configs", "trackers",
+              *MEMORY_CHOICES}
 CONFIG_KEYS = {
     "name", "title", "paper", "task", "task_options", "batch", "gpus", "accumulate", "steps", "attention", "towers",
-    "methods", "train", "ddp",
+    "methods", "train", "ddp", *MEMORY_CHOICES,
 }
 TOWER_KEYS = {"name", "backbone", "tuned", "weights", "pooling"}
 RUN_KEYS = {"method", "label", "gpus"}  # the rest of a method table are the method's options
@@ -194,6 +197,12 @@ class SuiteReader:
         attention = self.typed(config, "attention", str, what, defaults.get("attention", "sdpa"))
         if attention not in KERNELS:
             raise self.fail(f"{what}: attention must be one of {', '.join(KERNELS)}, got {attention!r}", attention)
+        memory_options = {key: config.get(key, defaults.get(key)) for key in MEMORY_CHOICES
+                          if key in config or key in defaults}
+        try:
+            memory = check_memory_options(memory_options, what)
+        except UserError as exc:
+            raise self.fail(str(exc), next(iter(memory_options.values()), None)) from None
         seed = defaults.get("seed", 0)
         train = None
         if "train" in config:
@@ -249,6 +258,7 @@ class SuiteReader:
                     task=task_name, task_options=task_options, towers=towers, batch=batch // gpus, gpus=gpus,
                     steps=steps, seed=seed, mode="", accumulate=accumulate, attention=attention, train=train, title=str(config.get("title", "")),
                     paper=config.get("paper"), ddp=ddp if gpus > 1 else {},  # one GPU: no DDP, digest unchanged
+                    memory=memory,
                 )
             )
         return specs
