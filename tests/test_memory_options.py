@@ -103,7 +103,23 @@ def test_a_bad_option_is_one_line_naming_it(tmp_path, config: str, message: str)
     assert "\n" not in str(info.value) and ":7:" in str(info.value)
 
 
-@pytest.mark.parametrize("options", [{"checkpointing": "blocks"}, {"approx_bp": "regelu2"}])
-def test_estimate_and_cpu_profiles_agree_byte_for_byte(options: dict) -> None:
+def test_estimate_and_cpu_profiles_agree_byte_for_byte_with_both_options_on() -> None:
     spec = make_spec("full", batch=2, shape={"seq_len": 8})
-    assert_estimate_equals_cpu(RunSpec.from_dict({**spec.to_dict(), "memory": options}))
+    assert_estimate_equals_cpu(RunSpec.from_dict({**spec.to_dict(), "memory": {"checkpointing": "blocks",
+                                                                                "approx_bp": "regelu2"}}))
+
+
+def test_run_sets_the_options_on_the_command_line(tmp_path, monkeypatch) -> None:
+    """--checkpointing and --approx-bp replace the suite's values; the stored result's spec records them."""
+    import json
+    import sys
+
+    from unipt_bench.cli import main
+
+    suite(tmp_path, top='checkpointing = "blocks"')
+    out = tmp_path / "results"
+    monkeypatch.setattr(sys, "argv", ["unipt-bench", "run", "--suite", str(tmp_path / "memory.toml"), "--mode",
+                                      "estimate", "--out", str(out), "--approx-bp", "regelu2", "--jobs", "1"])
+    main()
+    (stored,) = out.glob("probe/only/lora.estimate.*.json")
+    assert json.loads(stored.read_text())["spec"]["memory"] == {"checkpointing": "blocks", "approx_bp": "regelu2"}
