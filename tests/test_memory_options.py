@@ -54,7 +54,7 @@ def test_checkpointed_blocks_give_the_same_gradients_and_keep_fewer_tensors() ->
         torch.manual_seed(0)
         bb = create_backbone("tiny-bert").eval()
         tower = create_method("full").apply(bb, 16)
-        apply_memory_options(tower, bb, options)
+        apply_memory_options(tower, bb, options, create_method("full"))
         kept: list[torch.Tensor] = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t, kept=kept: kept.append(t) or t, lambda t: t):
             out = tower(bb.dummy_inputs(2, seq_len=8))
@@ -69,7 +69,7 @@ def test_checkpointed_blocks_give_the_same_gradients_and_keep_fewer_tensors() ->
 def test_approx_bp_swaps_the_exact_gelus_of_the_tuned_tower() -> None:
     bb = create_backbone("tiny-bert")
     tower = create_method("adapter").apply(bb, 16)
-    apply_memory_options(tower, bb, {"approx_bp": "regelu2"})
+    apply_memory_options(tower, bb, {"approx_bp": "regelu2"}, create_method("adapter"))
     assert sum(isinstance(m, ReGELU2) for m in tower.modules()) == bb.num_layers
 
 
@@ -123,3 +123,14 @@ def test_run_sets_the_options_on_the_command_line(tmp_path, monkeypatch) -> None
     main()
     (stored,) = out.glob("probe/only/lora.estimate.*.json")
     assert json.loads(stored.read_text())["spec"]["memory"] == {"checkpointing": "blocks", "approx_bp": "regelu2"}
+
+
+@pytest.mark.parametrize(("method", "reason"), [("prompt", "state that lives only during the forward"),
+                                                ("meft", "already recompute")])
+def test_checkpointing_refuses_the_methods_it_cannot_compose_with(method: str, reason: str) -> None:
+    from unipt_bench.errors import NotApplicable
+
+    bb = create_backbone("tiny-bert")
+    tuned = create_method(method)
+    with pytest.raises(NotApplicable, match=f"does not compose with {method}: .*{reason}"):
+        apply_memory_options(tuned.apply(bb, 16), bb, {"checkpointing": "blocks"}, tuned)

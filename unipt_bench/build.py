@@ -34,7 +34,7 @@ def build(spec: RunSpec, weights: bool = True) -> Built:
         backbone = create_backbone(t.backbone, t.weights, load=weights)
         if t.tuned:
             module = method.apply(backbone, task.out_dim)  # raises NotApplicable
-            apply_memory_options(module, backbone, spec.memory)
+            apply_memory_options(module, backbone, spec.memory, method)
             width = method.output_width(backbone, task.out_dim)
         else:
             module, width = backbone, backbone.width

@@ -25,7 +25,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .backbones.base import Backbone, Blocks
-from .errors import UserError
+from .errors import NotApplicable, UserError
+from .methods.base import Method
 
 CHOICES = {"checkpointing": ("none", "blocks"), "approx_bp": ("none", "regelu2")}
 DEFAULTS = {name: values[0] for name, values in CHOICES.items()}
@@ -118,9 +119,12 @@ def checkpoint_blocks(backbone: Backbone) -> None:
         block.forward = functools.partial(checkpointed, block.forward)
 
 
-def apply_memory_options(tower: nn.Module, backbone: Backbone, options: dict[str, str]) -> None:
-    """Apply the (checked) options to a tuned tower and its backbone."""
+def apply_memory_options(tower: nn.Module, backbone: Backbone, options: dict[str, str], method: Method) -> None:
+    """Apply the (checked) options to a tuned tower built by `method` and to its backbone."""
     if options.get("checkpointing") == "blocks":
+        if method.checkpointing_refusal:
+            raise NotApplicable(f"checkpointing = \"blocks\" does not compose with {method.name}: "
+                                f"{method.checkpointing_refusal}")
         checkpoint_blocks(backbone)
     if options.get("approx_bp") == "regelu2":
         replace_gelus(tower)

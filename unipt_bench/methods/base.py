@@ -35,6 +35,7 @@ class Method(Configurable):
     needs: ClassVar[tuple[type, ...]] = ()
     side: ClassVar[bool] = False
     module_names: ClassVar[tuple[str, ...]] = ()  # names of the modules it adds (memory attribution)
+    checkpointing_refusal: ClassVar[str] = ""  # why checkpointing the backbone's blocks cannot compose with it
 
     def apply(self, backbone: Backbone, out_dim: int) -> nn.Module:
         """Adapt `backbone`; return a module mapping inputs to a BackboneOutput.
