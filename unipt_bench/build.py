@@ -10,6 +10,7 @@ from torch import nn
 
 from .backbones import create_backbone
 from .config import RunSpec
+from .memory_options import apply_memory_options
 from .methods import Method, create_method
 from .tasks import TASKS, Task, TaskModel, Tower
 
@@ -36,6 +37,7 @@ def build(spec: RunSpec, weights: bool = True) -> Built:
         if t.tuned:
             pretrained += backbone.modules()
             module = method.apply(backbone, task.out_dim)  # raises NotApplicable
+            apply_memory_options(module, backbone, spec.memory, method)
             width = method.output_width(backbone, task.out_dim)
         else:
             module, width = backbone, backbone.width

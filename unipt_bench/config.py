@@ -124,6 +124,9 @@ class RunSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     # DistributedDataParallel settings as written in the suite (DdpSpec fields), for gpus > 1; omitted when empty
     ddp: dict[str, Any] = field(default_factory=dict)
+    # memory options that compose with any method (memory_options.py), only those not at their default; omitted
+    # when empty, so a spec without them keeps its digest
+    memory: dict[str, str] = field(default_factory=dict)
     order: int = 0  # position in the suite (display only; not part of the digest)
 
     @property
@@ -145,7 +148,7 @@ class RunSpec:
         for tower in data["towers"]:
             if not tower["architecture"]:
                 del tower["architecture"]
-        for key in ("overrides", "ddp"):
+        for key in ("overrides", "ddp", "memory"):
             if not data[key]:
                 del data[key]
         return data

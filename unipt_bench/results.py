@@ -100,6 +100,8 @@ class RunResult:
             "status": self.status,
             "batch": spec["batch"],
             "gpus": spec["gpus"],
+            # memory options (memory_options.py) set for this run, e.g. "checkpointing=blocks"; "" for none
+            "memory_options": ", ".join(f"{k}={v}" for k, v in sorted(spec.get("memory", {}).items())),
         }
         row.update(dict.fromkeys(("trainable_params", "trainable_method_params", "trainable_head_params",
                                   "total_params")))

@@ -17,11 +17,14 @@ from typing import Any
 from .attention import KERNELS
 from .config import DdpSpec, RunSpec, Suite, TowerSpec, TrainSpec, name_problem
 from .errors import UserError
+from .memory_options import CHOICES as MEMORY_CHOICES
+from .memory_options import check as check_memory_options
 
-SUITE_KEYS = {"name", "description", "task", "task_options", "steps", "seed", "attention", "configs", "trackers"}
+SUITE_KEYS = {"name", "description", "task", "task_options", "steps", "seed", "attention", "configs", "trackers",
+              *MEMORY_CHOICES}
 CONFIG_KEYS = {
     "name", "title", "paper", "task", "task_options", "batch", "gpus", "accumulate", "steps", "attention", "towers",
-    "methods", "train", "ddp",
+    "methods", "train", "ddp", *MEMORY_CHOICES,
 }
 TOWER_KEYS = {"name", "backbone", "tuned", "weights", "pooling"}
 RUN_KEYS = {"method", "label", "gpus"}  # the rest of a method table are the method's options
@@ -191,6 +194,7 @@ class SuiteReader:
             "train": self.read_options_table(config, TrainSpec, what),
             "title": str(config.get("title", "")), "paper": paper,
             "towers": self.read_towers(config, task, what, cname),
+            "memory": self.read_memory_options(config, defaults, what),
         }
         ddp = self.read_options_table(config, DdpSpec, what) or {}
         gpus = self.typed(config, "gpus", int, what, 1)
@@ -218,6 +222,15 @@ class SuiteReader:
         if attention not in KERNELS:
             raise self.fail(f"{what}: attention must be one of {', '.join(KERNELS)}, got {attention!r}", attention)
         return attention
+
+    def read_memory_options(self, config: dict[str, Any], defaults: dict[str, Any], what: str) -> dict[str, str]:
+        """The memory options (checkpointing, approx_bp) of a configuration or the suite's defaults; only
+        values other than the default are kept, so specs without them keep their digests."""
+        given = {key: config.get(key, defaults.get(key)) for key in MEMORY_CHOICES if key in config or key in defaults}
+        try:
+            return check_memory_options(given, what)
+        except UserError as exc:
+            raise self.fail(str(exc), next(iter(given.values()), None)) from None
 
     def read_options_table(self, config: dict[str, Any], kind: type, what: str) -> dict[str, Any] | None:
         """The `train` or `ddp` table (kind.name), checked, holding only the keys written: fields added

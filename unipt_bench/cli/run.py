@@ -52,18 +52,23 @@ def gpu_visible() -> bool:
               help="Per-device batch instead of the suite's (recorded in the spec).")
 @click.option("--eval-every", type=click.IntRange(min=1), default=None,
               help="Training: validate every this many steps (recorded in the spec).")
+@click.option("--checkpointing", type=click.Choice(["none", "blocks"]), default=None,
+              help="Activation checkpointing of the backbone's blocks instead of the suite's (recorded in the spec).")
+@click.option("--approx-bp", type=click.Choice(["none", "regelu2"]), default=None,
+              help="Approx-BP's ReGELU2 in place of exact GELUs instead of the suite's (recorded in the spec).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Runs at once (default: every core in estimate mode, one per visible GPU in cuda mode, 1 in cpu mode).")
 @launcher_options
 def run(suite: str, mode: str, methods: str | None, out: str, force: bool, busy_threshold: str,
         memory_snapshot: bool, calibrate: bool, nvml_interval: float, data_root: str, trackers: str | None,
         job: str, configs: str | None, max_steps: int | None, batch: int | None, eval_every: int | None,
-        jobs: int | None, launch: LaunchSettings) -> None:
+        checkpointing: str | None, approx_bp: str | None, jobs: int | None, launch: LaunchSettings) -> None:
     """Profile every run of a suite and store one JSON result per run."""
     from ..atomic import check_writable_dir
     from ..config import RunSpec
     from ..fit import parse_bytes
     from ..jobs import Overrides, check_data, plan, select_configs
+    from ..memory_options import check as check_memory
     from ..results import ResultStore
     from ..suite_file import load_suite, select_methods
 
@@ -87,7 +92,9 @@ def run(suite: str, mode: str, methods: str | None, out: str, force: bool, busy_
     planned = plan(chosen, job, Path(data_root), gpu_visible(), Overrides(max_steps, batch, eval_every))
     check_data(planned.specs, Path(data_root))
     mode, why = resolve_mode(mode, trains=planned.trains)
-    specs = [RunSpec.from_dict({**s.to_dict(), "mode": mode}) for s in planned.specs]
+    memory = {k: v for k, v in (("checkpointing", checkpointing), ("approx_bp", approx_bp)) if v is not None}
+    specs = [RunSpec.from_dict({**s.to_dict(), "mode": mode, "memory": check_memory({**s.memory, **memory}, "run")})
+             for s in planned.specs]
     check_writable_dir(out, "--out")
     if launch.checkpoint_dir and not launch.ray_address:  # else the folder is the cluster's, maybe not here;
         # a local check now, not at the first checkpoint, eval_every steps into training

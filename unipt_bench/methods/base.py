@@ -36,6 +36,7 @@ class Method(Configurable):
     side: ClassVar[bool] = False
     module_names: ClassVar[tuple[str, ...]] = ()  # names of the modules it adds (memory attribution)
     checks_backbones: ClassVar[bool] = False  # check_backbone runs on each tuned tower when a suite is read
+    checkpointing_refusal: ClassVar[str] = ""  # why checkpointing the backbone's blocks cannot compose with it
 
     def apply(self, backbone: Backbone, out_dim: int) -> nn.Module:
         """Adapt `backbone`; return a module mapping inputs to a BackboneOutput.
@@ -137,6 +138,10 @@ class SideTuned(nn.Module):
         return self
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> BackboneOutput:
+        return self.side(self.frozen_states(inputs))
+
+    def frozen_states(self, inputs: dict[str, torch.Tensor]) -> BackboneOutput:
+        """The backbone's hidden states h_0..h_L, computed under no_grad or read from the cache."""
         keys = inputs.get("cache_keys") if self.cache is not None else None
         out = None if keys is None else self.cache.lookup(keys, next(self.side.parameters()).device)
         if out is None:
@@ -144,4 +149,4 @@ class SideTuned(nn.Module):
                 out = self.backbone(inputs, all_hidden=True)
             if keys is not None:
                 self.cache.add(keys, out)
-        return self.side(out)
+        return out

@@ -92,6 +92,8 @@ class PrefixTuned(nn.Module):
 @dataclass
 class Prompt(Method):
     module_names = ("prefix_tokens", "prefix_mlp")
+    checkpointing_refusal = ("the prefixes reach each layer's attention through state that lives only during the "
+                             "forward, so a block recomputed in backward would run without them")
     needs = (AttentionFunctions,)
     length: int = bounded(30, at_least=1)  # prefixes per layer
     bottleneck: int = bounded(512, at_least=1)  # reparameterisation MLP width

@@ -1,0 +1,136 @@
+"""Memory options that compose with any method: ReGELU2's forward and 2-bit backward by hand, checkpointed
+blocks giving the same gradients while keeping fewer activations, the options read from a suite and left out
+of the digest at their defaults, a column of their own, and estimate/cpu profiles agreeing with each option on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unipt_bench.backbones import create_backbone
+from unipt_bench.config import RunSpec
+from unipt_bench.errors import UserError
+from unipt_bench.memory_options import (
+    REGELU2_BREAKS,
+    ReGELU2,
+    ReGELU2Function,
+    apply_memory_options,
+    pack_flags,
+    unpack_flags,
+)
+from unipt_bench.methods import create_method
+from unipt_bench.results import RunResult
+from unipt_bench.suite_file import SuiteReader
+
+from .conftest import make_spec
+from .helpers import assert_estimate_equals_cpu
+
+
+def test_regelu2_forward_is_gelu_and_backward_the_piecewise_slope() -> None:
+    x = torch.tensor([-5.0, -1.0, -0.0005, 0.5, 2.0, 4.0, -3.19, 3.2, 0.0], requires_grad=True)
+    y = ReGELU2Function.apply(x)
+    torch.testing.assert_close(y, F.gelu(x))
+    y.backward(torch.full_like(x, 2.0))
+    a0, a1, a2 = -0.04922261145617846, 1.0979632065417297, -0.048740595085551286
+    slopes = [0.0, a0, a0 + a1, a0 + a1, a0 + a1, a0 + a1 + a2, 0.0, a0 + a1 + a2, a0 + a1]  # intervals of x
+    torch.testing.assert_close(x.grad, 2.0 * torch.tensor(slopes))
+    assert REGELU2_BREAKS[0] < -3.18 and REGELU2_BREAKS[2] > 3.19
+
+
+def test_regelu2_saves_two_bits_per_element() -> None:
+    saved = []
+    x = torch.randn(3, 7, requires_grad=True)  # 21 elements: 6 bytes
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        ReGELU2()(x)
+    assert [(t.dtype, t.numel()) for t in saved] == [(torch.uint8, 6)]
+    flags = torch.randint(0, 4, (21,), dtype=torch.uint8)
+    assert torch.equal(unpack_flags(pack_flags(flags), 21), flags)
+
+
+def test_checkpointed_blocks_give_the_same_gradients_and_keep_fewer_tensors() -> None:
+    grads, saved = [], []
+    for options in ({}, {"checkpointing": "blocks"}):
+        torch.manual_seed(0)
+        bb = create_backbone("tiny-bert").eval()
+        tower = create_method("full").apply(bb, 16)
+        apply_memory_options(tower, bb, options, create_method("full"))
+        kept: list[torch.Tensor] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, kept=kept: kept.append(t) or t, lambda t: t):
+            out = tower(bb.dummy_inputs(2, seq_len=8))
+        out.last.pow(2).sum().backward()
+        grads.append([p.grad for p in tower.parameters()])
+        saved.append(len(kept))
+    for plain, checkpointed in zip(*grads, strict=True):
+        torch.testing.assert_close(plain, checkpointed)
+    assert saved[1] < saved[0]
+
+
+def test_approx_bp_swaps_the_exact_gelus_of_the_tuned_tower() -> None:
+    bb = create_backbone("tiny-bert")
+    tower = create_method("adapter").apply(bb, 16)
+    apply_memory_options(tower, bb, {"approx_bp": "regelu2"}, create_method("adapter"))
+    assert sum(isinstance(m, ReGELU2) for m in tower.modules()) == bb.num_layers
+
+
+def suite(tmp_path, top: str = "", config: str = "") -> list[RunSpec]:
+    path = tmp_path / "memory.toml"
+    path.write_text(f'name = "probe"\ntask_options = {{ embed_dim = 32 }}\n{top}\n[[configs]]\nname = "only"\n'
+                    f'batch = 4\n{config}\ntowers = [{{ name = "text", backbone = "tiny-bert" }}, '
+                    f'{{ name = "image", backbone = "tiny-regions", tuned = false }}]\nmethods = ["lora"]\n')
+    return SuiteReader(path).read().specs
+
+
+def test_options_are_read_per_configuration_and_left_out_of_the_digest_at_their_defaults(tmp_path) -> None:
+    plain = suite(tmp_path)[0]
+    assert "memory" not in plain.to_dict()
+    assert suite(tmp_path, config='checkpointing = "none"\napprox_bp = "none"')[0].digest() == plain.digest()
+    (chosen,) = suite(tmp_path, top='approx_bp = "regelu2"', config='checkpointing = "blocks"')
+    assert chosen.memory == {"checkpointing": "blocks", "approx_bp": "regelu2"}
+    assert chosen.digest() != plain.digest()
+    assert RunSpec.from_dict(chosen.to_dict()).memory == chosen.memory
+    row = RunResult(spec=chosen.to_dict(), status="ok", digest=chosen.digest()).row()
+    assert row["memory_options"] == "approx_bp=regelu2, checkpointing=blocks"
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ('checkpointing = "layers"', "checkpointing must be one of none, blocks, got 'layers'"),
+    ('approx_bp = "msln"', "approx_bp must be one of none, regelu2, got 'msln'"),
+])
+def test_a_bad_option_is_one_line_naming_it(tmp_path, config: str, message: str) -> None:
+    with pytest.raises(UserError, match=message) as info:
+        suite(tmp_path, config=config)
+    assert "\n" not in str(info.value) and ":7:" in str(info.value)
+
+
+def test_estimate_and_cpu_profiles_agree_byte_for_byte_with_both_options_on() -> None:
+    spec = make_spec("full", batch=2, shape={"seq_len": 8})
+    assert_estimate_equals_cpu(RunSpec.from_dict({**spec.to_dict(), "memory": {"checkpointing": "blocks",
+                                                                                "approx_bp": "regelu2"}}))
+
+
+def test_run_sets_the_options_on_the_command_line(tmp_path, monkeypatch) -> None:
+    """--checkpointing and --approx-bp replace the suite's values; the stored result's spec records them."""
+    import json
+    import sys
+
+    from unipt_bench.cli import main
+
+    suite(tmp_path, top='checkpointing = "blocks"')
+    out = tmp_path / "results"
+    monkeypatch.setattr(sys, "argv", ["unipt-bench", "run", "--suite", str(tmp_path / "memory.toml"), "--mode",
+                                      "estimate", "--out", str(out), "--approx-bp", "regelu2", "--jobs", "1"])
+    main()
+    (stored,) = out.glob("probe/only/lora.estimate.*.json")
+    assert json.loads(stored.read_text())["spec"]["memory"] == {"checkpointing": "blocks", "approx_bp": "regelu2"}
+
+
+@pytest.mark.parametrize(("method", "reason"), [("prompt", "state that lives only during the forward"),
+                                                ("meft", "already recompute")])
+def test_checkpointing_refuses_the_methods_it_cannot_compose_with(method: str, reason: str) -> None:
+    from unipt_bench.errors import NotApplicable
+
+    bb = create_backbone("tiny-bert")
+    tuned = create_method(method)
+    with pytest.raises(NotApplicable, match=f"does not compose with {method}: .*{reason}"):
+        apply_memory_options(tuned.apply(bb, 16), bb, {"checkpointing": "blocks"}, tuned)
