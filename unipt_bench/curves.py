@@ -14,6 +14,7 @@ differs, the curve says why and `at` traces each asked shape instead. See docs/c
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ POINTS = 3  # traced values per axis: the forward differences of a polynomial of
 STEP = {"image_size": 32, "image_height": 32, "image_width": 32}  # image sides: multiples of the coarsest stride
 SMALLEST = 2  # no axis is traced or evaluated from the curve below 2: a size-1 dimension changes strides and ops
 COMPARED = ("peak_bytes", "by_category", "by_phase", "step_peak_bytes")
+TRACING = threading.Lock()  # one trace at a time in a process: the tracker's module and optimizer hooks are global
 
 
 @dataclass
@@ -49,7 +51,7 @@ def trace(spec: RunSpec) -> Traced:
 
     spec = RunSpec.from_dict({**spec.to_dict(), "mode": "estimate"})
     started = time.perf_counter()
-    with allocation_events.recording() as events:
+    with TRACING, allocation_events.recording() as events:
         out = profile(spec, RunOptions(trackers=[]))
     figures = out["memory"]["memtracker_fake"]
     buckets = figures["by_category"].get(CATEGORY, 0)
@@ -116,6 +118,10 @@ def with_shape(spec: RunSpec, shape: dict[str, int]) -> RunSpec:
     return RunSpec.from_dict(data)
 
 
+def key(point: dict[str, int]) -> tuple:
+    return tuple(sorted(point.items()))
+
+
 def binomial(u: int, k: int) -> int:
     """C(u, k) for any integer u (negative too): u (u-1) ... (u-k+1) / k!, an integer."""
     numerator, factorial = 1, 1
@@ -152,7 +158,7 @@ class MemoryCurve:
     bucket_bytes: int = 0
     degrees: dict[str, int] = field(default_factory=dict)  # per axis, the highest degree of any event's size
     traces: list[dict[str, Any]] = field(default_factory=list)  # {"shape", "seconds", "use": grid|verify|direct}
-    cache: dict[tuple, dict[str, Any]] = field(default_factory=dict, repr=False)  # direct traces by shape
+    traced: dict[tuple, Traced] = field(default_factory=dict, repr=False)  # this session's traces, by shape
     tracer: Callable[[RunSpec], Traced] = field(default=trace, repr=False)
 
     @property
@@ -185,16 +191,14 @@ class MemoryCurve:
         if self.on_curve(point):
             figures = allocation_events.replay(self.events, self.sizes(point))
             return {**add_buckets(figures, self.bucket_bytes), "source": "curve"}
-        key = tuple(sorted(point.items()))
-        if key not in self.cache:
-            self.trace_at(point, "direct")
+        traced = self.traced.get(key(point)) or self.trace_at(point, "direct")
         why = self.fallback_reason if not self.exact else (
             f"{point} is off the curve's lattice (start {self.start}, step {self.step}, values >= {SMALLEST})")
-        return {**self.cache[key], "source": "trace", "why": why}
+        return {**add_buckets(traced.figures, traced.bucket_bytes), "source": "trace", "why": why}
 
     def trace_at(self, point: dict[str, int], use: str) -> Traced:
         traced = self.tracer(with_shape(self.run_spec, point))
-        self.cache[tuple(sorted(point.items()))] = add_buckets(traced.figures, traced.bucket_bytes)
+        self.traced[key(point)] = traced
         self.traces.append({"shape": dict(point), "seconds": round(traced.seconds, 3), "use": use})
         return traced
 
@@ -202,9 +206,10 @@ class MemoryCurve:
         return self.at(**shape)["peak_bytes"]
 
     def max_fitting(self, axis: str, budget: int, limit: int = 1 << 16, **fixed: int) -> int | None:
-        """The largest value of `axis` (<= limit, on the lattice; 1 counts for every axis) whose peak fits
-        `budget` bytes, the other axes at `fixed` (else the spec's); None when not even the smallest fits.
-        Assumes the peak does not fall as the axis grows."""
+        """The largest value of `axis` (<= limit, on the axis's lattice) whose peak fits `budget` bytes, the
+        other axes at `fixed` (else the spec's); None when not even the smallest fits. Assumes the peak does not
+        fall as the axis grows; values below the curve's (a batch of 1) are traced only when the curve's
+        smallest value does not fit."""
         if axis not in self.axes:
             raise UserError(f"{axis!r} is not an axis of this curve (its axes: {', '.join(self.axes)})")
         step = self.step[axis]
@@ -217,16 +222,19 @@ class MemoryCurve:
             return self.peak(**{**fixed, axis: value(k)}) <= budget
 
         top = (limit - offset) // step  # the largest k whose value is <= limit
-        if top < 1 or not fits(1):
-            return None
-        good, bad = 1, top + 1  # the largest k known to fit, the smallest known not to
-        while bad > top and good < top:  # double until a value fails or the limit is reached
-            k = min(2 * good, top)
-            good, bad = (k, bad) if fits(k) else (good, k)
+        low = max(1, -(-(SMALLEST - offset) // step))  # the smallest k on the curve (those below are traced)
+        good, bad = 0, top + 1  # the largest k known to fit (0: none yet), the smallest known not to
+        if low <= top and fits(low):
+            good = low
+            while bad > top and good < top:  # double until a value fails or the limit is reached
+                k = min(2 * good, top)
+                good, bad = (k, bad) if fits(k) else (good, k)
+        else:
+            bad = min(low, top + 1)
         while bad - good > 1:
             mid = (good + bad) // 2
             good, bad = (mid, bad) if fits(mid) else (good, mid)
-        return value(good)
+        return value(good) if good else None
 
     def bytes_per_unit(self, **shape: int) -> dict[str, float]:
         """Peak bytes per extra unit of each axis at a shape: (peak at value + step - peak at value) / step."""
@@ -293,10 +301,12 @@ def phase_name(events: AllocationEvents, index: int) -> str:
     return events.phases[index] if index >= 0 else "none"
 
 
-def memory_curve(spec: RunSpec, axes: Sequence[str], tracer: Callable[[RunSpec], Traced] = trace) -> MemoryCurve:
+def memory_curve(spec: RunSpec, axes: Sequence[str], tracer: Callable[[RunSpec], Traced] = trace,
+                 verified: bool = True) -> MemoryCurve:
     """Trace `spec` at a 3-point grid per axis, solve every event's size exactly, verify at one more shape.
 
-    Costs 3**len(axes) + 1 traces. A curve whose traces do not align, or whose verification differs from its
+    Costs 3**len(axes) + 1 traces (`verified=False`: no verification trace, for a caller that checks the
+    curve with traces of its own, as `fit` does). A curve whose traces do not align, or whose verification differs from its
     prediction, has exact=False and says why in fallback_reason; its `at` traces directly.
     """
     axes = list(dict.fromkeys(axes))
@@ -327,7 +337,8 @@ def memory_curve(spec: RunSpec, axes: Sequence[str], tracer: Callable[[RunSpec],
     curve.degrees = {a: max((k[i] for j, k in enumerate(grid) if any(rows[:, j])), default=0)
                      for i, a in enumerate(axes)}
     curve.exact = True
-    verify(curve, {a: start[a] + step[a] * POINTS for a in axes})
+    if verified:
+        verify(curve, {a: start[a] + step[a] * POINTS for a in axes})
     return curve
 
 
@@ -342,9 +353,9 @@ def unique_rows(diffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def verify(curve: MemoryCurve, point: dict[str, int]) -> bool:
-    """Trace `point` and compare with the curve: the event structure, every size, and the figures byte for byte.
+    """Trace `point` (once: a shape traced before is not traced again) and compare with the curve: the event structure, every size, and the figures byte for byte.
     On a difference the curve stops being exact and says why."""
-    traced = curve.trace_at(point, "verify")
+    traced = curve.traced.get(key(point)) or curve.trace_at(point, "verify")
     why = first_difference(curve.events, traced.events)
     if not why:
         predicted = curve.sizes(point)
