@@ -152,8 +152,9 @@ class MemoryCurve:
     step: dict[str, int]  # the grid's spacing per axis: the curve holds at start + step * integer, >= SMALLEST
     exact: bool
     fallback_reason: str = ""
+    values: dict[str, int] = field(default_factory=dict)  # the spec's own value per axis (what `at` defaults to)
     events: AllocationEvents | None = None  # the structure (sizes at the grid's origin)
-    coefficients: np.ndarray | None = None  # (unique polynomials, 3**axes) forward differences, int64 / object
+    coefficients: np.ndarray | None = None  # (distinct polynomials, 3**axes) forward differences, Python integers
     polynomial: np.ndarray | None = None  # per event, its row of `coefficients`
     bucket_bytes: int = 0
     degrees: dict[str, int] = field(default_factory=dict)  # per axis, the highest degree of any event's size
@@ -169,8 +170,7 @@ class MemoryCurve:
         unknown = sorted(set(shape) - set(self.axes))
         if unknown:
             raise UserError(f"{', '.join(unknown)}: not an axis of this curve (its axes: {', '.join(self.axes)})")
-        spec = self.run_spec
-        return {axis: int(shape[axis]) if axis in shape else shape_of(spec, axis) for axis in self.axes}
+        return {axis: int(shape[axis]) if axis in shape else self.values[axis] for axis in self.axes}
 
     def on_curve(self, point: dict[str, int]) -> bool:
         """Whether the polynomials hold at `point`: on the grid's lattice, no value below SMALLEST."""
@@ -243,11 +243,12 @@ class MemoryCurve:
         return {a: (self.peak(**{**point, a: point[a] + self.step[a]}) - base) / self.step[a] for a in self.axes}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready; coefficients as decimal strings only when they exceed 64 bits, else base64 int64."""
+        """JSON-ready: the events' arrays and each event's polynomial index in base64, the distinct polynomials'
+        coefficients as decimal strings (they may exceed 64 bits)."""
         out: dict[str, Any] = {
             "spec": self.spec, "axes": self.axes, "start": self.start, "step": self.step, "exact": self.exact,
-            "fallback_reason": self.fallback_reason, "bucket_bytes": self.bucket_bytes, "degrees": self.degrees,
-            "traces": self.traces,
+            "fallback_reason": self.fallback_reason, "values": self.values, "bucket_bytes": self.bucket_bytes,
+            "degrees": self.degrees, "traces": self.traces,
         }
         if self.exact:
             out.update(events=self.events.to_dict(), polynomial=encode(self.polynomial.astype(np.int32)),
@@ -257,7 +258,7 @@ class MemoryCurve:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MemoryCurve:
         curve = cls(data["spec"], list(data["axes"]), dict(data["start"]), dict(data["step"]), data["exact"],
-                    data.get("fallback_reason", ""), bucket_bytes=data.get("bucket_bytes", 0),
+                    data.get("fallback_reason", ""), dict(data["values"]), bucket_bytes=data.get("bucket_bytes", 0),
                     degrees=dict(data.get("degrees", {})), traces=list(data.get("traces", [])))
         if curve.exact:
             curve.events = AllocationEvents.from_dict(data["events"])
@@ -267,8 +268,9 @@ class MemoryCurve:
 
 
 def grid_start(value: int, step: int) -> int:
-    """The first grid value of a shape axis whose spec value is `value` (the batch's is 2, the cheapest): two steps below it when that stays at or
-    above 2 * max(step, SMALLEST) (smaller shapes trace faster), else the lowest lattice value from there."""
+    """The first grid value of a shape axis whose spec value is `value` (the batch's is 2, the cheapest): two
+    steps below it when that stays at or above 2 * max(step, SMALLEST) (smaller shapes trace faster), else the
+    lowest lattice value from there."""
     low = 2 * max(step, SMALLEST)
     if value - 2 * step >= low:
         return value - 2 * step
@@ -313,9 +315,10 @@ def memory_curve(spec: RunSpec, axes: Sequence[str], tracer: Callable[[RunSpec],
     if not axes:
         raise UserError("a memory curve needs at least one axis (batch or <tower>.<key>)")
     step = {a: STEP.get(a.rpartition(".")[2], 1) if a != "batch" else 1 for a in axes}
-    start = {a: SMALLEST if a == "batch" else grid_start(shape_of(spec, a), step[a]) for a in axes}
+    values = {a: shape_of(spec, a) for a in axes}
+    start = {a: SMALLEST if a == "batch" else grid_start(values[a], step[a]) for a in axes}
     curve = MemoryCurve(RunSpec.from_dict({**spec.to_dict(), "mode": "estimate"}).to_dict(), axes, start, step,
-                        exact=False, tracer=tracer)
+                        exact=False, values=values, tracer=tracer)
     grid = list(itertools.product(range(POINTS), repeat=len(axes)))
     traced = []
     for k in grid:
@@ -353,8 +356,9 @@ def unique_rows(diffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def verify(curve: MemoryCurve, point: dict[str, int]) -> bool:
-    """Trace `point` (once: a shape traced before is not traced again) and compare with the curve: the event structure, every size, and the figures byte for byte.
-    On a difference the curve stops being exact and says why."""
+    """Trace `point` (once: a shape traced before is not traced again) and compare with the curve: the event
+    structure, every size, and the figures byte for byte. On a difference the curve stops being exact and says
+    why."""
     traced = curve.traced.get(key(point)) or curve.trace_at(point, "verify")
     why = first_difference(curve.events, traced.events)
     if not why:
