@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 
+from unipt_bench import curves
 from unipt_bench.backbones.base import BACKBONES, BackboneInfo
 from unipt_bench.backbones.features import RegionFeatures
 from unipt_bench.config import RunSpec, TowerSpec
@@ -120,3 +122,22 @@ def test_fit_on_a_curve_gives_the_searchs_answer_with_at_most_five_traces(chunke
         assert fitted.method == "curve" and traces <= 5
         assert (fitted.fixed_bytes, fitted.bytes_per_sample) == (searched.fixed_bytes, searched.bytes_per_sample)
         assert [b for b, _ in fitted.probes] == [6, 7]  # checked at the answer and one above
+
+
+def test_forward_differences_solve_polynomials_with_rational_coefficients_exactly() -> None:
+    """Sizes like a ViT's (tokens = (S / 16)^2 at image side S, a multiple of 32) and an in-batch B x B matrix,
+    solved on a 3 x 3 grid and evaluated far outside it with integers only."""
+
+    def size(b: int, side: int) -> int:
+        return 4 * b * (side // 16) ** 2 * 768 + 4 * b * b + 1000
+
+    axes = ["batch", "image.image_size"]
+    start, step = {"batch": 2, "image.image_size": 160}, {"batch": 1, "image.image_size": 32}
+    grid = np.array([[[size(b, s), 2 * size(b, s)] for s in (160, 192, 224)] for b in (2, 3, 4)], dtype=np.int64)
+    rows, polynomial = curves.unique_rows(curves.forward_differences(grid, 2).reshape(9, -1).T)
+    curve = MemoryCurve({}, axes, start, step, exact=True, coefficients=rows, polynomial=polynomial)
+    for b, side in ((1000, 1024), (2, 32 * 40), (17, 224)):
+        assert curve.sizes({"batch": b, "image.image_size": side}).tolist() == [size(b, side), 2 * size(b, side)]
+    assert curve.on_curve({"batch": 5, "image.image_size": 512})
+    assert not curve.on_curve({"batch": 5, "image.image_size": 500})  # off the multiples of 32
+    assert not curve.on_curve({"batch": 1, "image.image_size": 512})  # below the smallest value
