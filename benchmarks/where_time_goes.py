@@ -4,7 +4,7 @@ cost is the difference), for paper-scale configurations. Figures are CPU seconds
 child, for process start), which a busy machine inflates far less than wall time; wall seconds beside them.
 A script: minutes per configuration on two cores.
 
-    python benchmarks/where_time_goes.py --suite flickr30k --runs t5-bert/lora,t5-resnext/full
+    python benchmarks/where_time_goes.py --suite flickr30k --runs t5-bert/lora,t5-resnext/partial
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def phases(spec) -> dict[str, tuple[float, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="flickr30k")
-    parser.add_argument("--runs", default="t5-bert/lora,t5-resnext/full", help="config/label, comma-separated")
+    parser.add_argument("--runs", default="t5-bert/lora,t5-resnext/partial", help="config/label, comma-separated")
     args = parser.parse_args()
     cpu, wall = process_start()
     print(f"process start (imports): {cpu:.1f} s CPU ({wall:.1f} s wall)", flush=True)
