@@ -159,9 +159,9 @@ def fit_on_curve(spec: RunSpec, budget: int, limit: int, tracer: Callable[[RunSp
 
 
 class Prober:
-    """Runs a fit's probes in one runner lane: estimate probes share a worker (fake tensors leave nothing
-    behind); cpu and GPU probes each get a fresh process, so no allocator state carries over, even after
-    an out-of-memory probe. No probe computes a calibration estimate: a probe needs its peak only."""
+    """Runs a cpu or GPU fit's probes in one runner lane, each in a fresh process, so no allocator state
+    carries over, even after an out-of-memory probe (estimates fit on a curve, traced in the calling
+    process: `fit_spec`). No probe computes a calibration estimate: a probe needs its peak only."""
 
     def __init__(self, lane: Any = None) -> None:
         from .runner import Lane
