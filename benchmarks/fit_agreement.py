@@ -11,26 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from unipt_bench.config import RunSpec
-from unipt_bench.curves import Traced, add_buckets, trace, with_shape
+from unipt_bench.curves import TraceCache, with_shape
 from unipt_bench.fit import fit_batch, fit_on_curve, parse_bytes
 from unipt_bench.suite_file import load_suite
-
-
-class SharedTraces:
-    """Each shape traced once, for the curve and the search alike."""
-
-    def __init__(self) -> None:
-        self.done: dict[str, Traced] = {}
-
-    def __call__(self, spec: RunSpec) -> Traced:
-        if spec.digest() not in self.done:
-            self.done[spec.digest()] = trace(spec)
-        return self.done[spec.digest()]
-
-    def peak(self, spec: RunSpec) -> int:
-        traced = self(spec)
-        return add_buckets(traced.figures, traced.bucket_bytes)["peak_bytes"]
 
 
 def main() -> None:
@@ -46,7 +29,7 @@ def main() -> None:
     specs = [s for s in specs if (not args.configs or s.config in args.configs.split(","))
              and (not args.methods or s.label in args.methods.split(","))]
     for spec in specs:
-        tracer = SharedTraces()
+        tracer = TraceCache()
         fitted = fit_on_curve(spec, budget, args.limit, tracer)
         curve_traces = len(tracer.done)
         searched = fit_batch(lambda b, spec=spec, tracer=tracer: tracer.peak(with_shape(spec, {"batch": b})),

@@ -5,7 +5,6 @@ traced directly, and `fit` on a curve gives the search's answer with at most fiv
 from __future__ import annotations
 
 import json
-from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from unipt_bench import curves
 from unipt_bench.backbones.base import BACKBONES, BackboneInfo
 from unipt_bench.backbones.features import RegionFeatures
 from unipt_bench.config import RunSpec, TowerSpec
-from unipt_bench.curves import COMPARED, MemoryCurve, Traced, add_buckets, memory_curve, trace, with_shape
+from unipt_bench.curves import COMPARED, MemoryCurve, TraceCache, memory_curve, with_shape
 from unipt_bench.fit import fit_batch, fit_on_curve
 from unipt_bench.memory import events as allocation_events
 from unipt_bench.memory.estimate import PhasedMemTracker
@@ -31,23 +30,7 @@ def tiny(second: str = "tiny-regions") -> RunSpec:
     return spec
 
 
-class CachedTracer:
-    """Traces each spec once (by digest) and counts the traces each caller asked for."""
-
-    cache: ClassVar[dict[str, Traced]] = {}
-
-    def __init__(self) -> None:
-        self.asked = 0
-
-    def __call__(self, spec: RunSpec) -> Traced:
-        self.asked += 1
-        if spec.digest() not in self.cache:
-            self.cache[spec.digest()] = trace(spec)
-        return self.cache[spec.digest()]
-
-    def peak(self, spec: RunSpec) -> int:
-        traced = self(spec)
-        return add_buckets(traced.figures, traced.bucket_bytes)["peak_bytes"]
+TRACES = TraceCache()  # shared by the tests: each shape of each spec traced once
 
 
 class ChunkedRegions(RegionFeatures):
@@ -67,7 +50,7 @@ def chunked_backbone(monkeypatch):
 
 def test_recording_is_off_by_default_and_replay_reproduces_the_tracker() -> None:
     assert PhasedMemTracker().events is None
-    traced = CachedTracer()(tiny())
+    traced = TRACES(tiny())
     assert len(traced.events) > 100
     replayed = allocation_events.replay(traced.events)
     assert {k: replayed[k] for k in COMPARED} == {k: traced.figures[k] for k in COMPARED}
@@ -78,7 +61,7 @@ def test_recording_is_off_by_default_and_replay_reproduces_the_tracker() -> None
 
 
 def test_curve_equals_direct_traces_at_shapes_not_used_to_build_it() -> None:
-    tracer, spec = CachedTracer(), tiny()
+    tracer, spec = TRACES, tiny()
     curve = memory_curve(spec, ["batch"], tracer)
     assert curve.exact, curve.fallback_reason
     assert [t["shape"]["batch"] for t in curve.traces] == [2, 3, 4, 5]  # the grid, then the verification
@@ -96,7 +79,7 @@ def test_curve_equals_direct_traces_at_shapes_not_used_to_build_it() -> None:
 
 
 def test_a_model_whose_ops_depend_on_the_shape_falls_back_to_direct_traces(chunked_backbone) -> None:
-    tracer = CachedTracer()
+    tracer = TRACES
     spec = tiny(chunked_backbone)
     curve = memory_curve(spec, ["batch"], tracer)
     assert not curve.exact
@@ -110,7 +93,7 @@ def test_a_model_whose_ops_depend_on_the_shape_falls_back_to_direct_traces(chunk
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["curve", "search"])
 def test_fit_on_a_curve_gives_the_searchs_answer_with_at_most_five_traces(chunked, request) -> None:
-    spec, tracer = tiny(request.getfixturevalue("chunked_backbone") if chunked else "tiny-regions"), CachedTracer()
+    spec, tracer = tiny(request.getfixturevalue("chunked_backbone") if chunked else "tiny-regions"), TRACES
     budget = (tracer.peak(with_shape(spec, {"batch": 6})) + tracer.peak(with_shape(spec, {"batch": 7}))) // 2
     fitted = fit_on_curve(spec, budget, limit=64, tracer=tracer)
     searched = fit_batch(lambda batch: tracer.peak(with_shape(spec, {"batch": batch})), budget, spec.batch, 64)

@@ -58,6 +58,25 @@ def trace(spec: RunSpec) -> Traced:
     return Traced(strip_buckets(figures, buckets), events, buckets, time.perf_counter() - started)
 
 
+class TraceCache:
+    """A tracer that traces each spec once (by digest), so that curves and searches over the same shapes share
+    their traces."""
+
+    def __init__(self, tracer: Callable[[RunSpec], Traced] = trace) -> None:
+        self.tracer = tracer
+        self.done: dict[str, Traced] = {}
+
+    def __call__(self, spec: RunSpec) -> Traced:
+        if spec.digest() not in self.done:
+            self.done[spec.digest()] = self.tracer(spec)
+        return self.done[spec.digest()]
+
+    def peak(self, spec: RunSpec) -> int:
+        """The run's peak as a result reports it (DDP's modelled buckets included)."""
+        traced = self(spec)
+        return traced.figures["peak_bytes"] + traced.bucket_bytes
+
+
 def strip_buckets(figures: dict[str, Any], nbytes: int) -> dict[str, Any]:
     """The tracker's own figures: DDP's modelled buckets (a constant, added to every peak) taken out."""
     from .memory.ddp_buckets import CATEGORY
