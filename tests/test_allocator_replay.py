@@ -202,3 +202,42 @@ def test_interval_divisions_follow_the_parser():
     settings = AllocatorSettings.parse("roundup_power2_divisions:[256:4,>:1]")
     assert settings.roundup_power2_divisions == (4,) * 8 + (1,) * 8
     assert settings.divisions(200 * MiB) == 4 and settings.divisions(300 * MiB) == 1
+
+
+def test_a_recorded_trace_replays_to_the_same_segments():
+    """snapshot_replay on a trace written as the real allocator records it (alloc, free_completed and
+    segment_alloc entries; sizes as requested): the replay creates the same segments in the same order."""
+    from unipt_bench.memory.snapshot_replay import replay_trace
+
+    trace = [
+        {"action": "segment_alloc", "addr": 0, "size": 20 * MiB}, {"action": "alloc", "addr": 0, "size": 5 * MiB},
+        {"action": "alloc", "addr": 5 * MiB, "size": 15 * MiB},
+        {"action": "segment_alloc", "addr": 64 * MiB, "size": 2 * MiB},
+        {"action": "alloc", "addr": 64 * MiB, "size": 100},
+        {"action": "free_completed", "addr": 0, "size": 5 * MiB},
+        {"action": "alloc", "addr": 0, "size": 4 * MiB},  # reuses the freed 5 MiB block: no new segment
+        {"action": "free_completed", "addr": 99, "size": 8},  # allocated before recording: not ours
+    ]
+    segments = [{"device": 0, "total_size": 20 * MiB}, {"device": 0, "total_size": 2 * MiB}]
+    check = replay_trace({"device_traces": [trace], "segments": segments})
+    assert check["segment_allocs_equal"] and check["final_segments_equal"]
+    assert (check["requests"], check["unknown_frees"], check["first_difference"]) == (4, 1, None)
+    assert check["reserved_replayed"] == check["reserved_real"] == 22 * MiB
+    # a real allocator that made a 10 MiB segment for the 5 MiB request: the replay (20 MiB) disagrees
+    wrong = replay_trace({"device_traces": [[{"action": "segment_alloc", "size": 10 * MiB}, trace[1]]],
+                          "segments": [{"device": 0, "total_size": 10 * MiB}]})
+    assert wrong["first_difference"] == {"index": 0, "real": 10 * MiB, "replayed": 20 * MiB}
+    assert not wrong["final_segments_equal"]
+
+
+def test_device_memory_parts_and_cublas_workspace():
+    from unipt_bench.memory.device_memory import CUDA_CONTEXT, cublas_workspace_bytes, predict
+
+    assert cublas_workspace_bytes(9) == 32 * MiB
+    assert cublas_workspace_bytes(8) == 8 * MiB + 128 * KiB
+    assert cublas_workspace_bytes(8, ":4096:2:16:8") == 8 * MiB + 128 * KiB
+    with pytest.raises(UserError, match="CUBLAS_WORKSPACE_CONFIG"):
+        cublas_workspace_bytes(9, "4096")
+    device = predict(reserved=100 * MiB, workspace=32 * MiB, cudnn_bound=10 * MiB)
+    assert device.total == 110 * MiB + CUDA_CONTEXT and not device.verified_on_gpu
+    assert any("cuDNN" in a for a in device.assumptions)
