@@ -40,6 +40,7 @@ ROUND_LARGE = 2 << 20  # kRoundLarge: larger requests are rounded up to 2 MiB se
 UNLIMITED = (1 << 64) - 1  # max_split_size's default: every block may be split
 POWER2_INTERVALS = 16  # kRoundUpPowerOfTwoIntervals: 1 MiB .. 64 GiB, one division count per power of 2
 POWER2_START_LOG = 20  # log2(kRoundUpPowerOfTwoStart = 1 MiB)
+EVENT_ALLOC, EVENT_FREE, EVENT_RESIZE = 0, 1, 2  # memory/events.py's kinds of storage events
 
 
 @dataclass(frozen=True)
@@ -682,3 +683,23 @@ def replay(events: Iterable[tuple[str, int, int, str, int]], settings: Allocator
         num_alloc_retries=allocator.num_alloc_retries, oom=oom,
         step_max_reserved=[step_reserved[s] for s in sorted(step_reserved)],
         settings=allocator.settings.to_dict())
+
+
+def stream_of(events: Any, nbytes: Any = None) -> Iterable[tuple[str, int, int, str, int]]:
+    """The allocation stream of a traced run's recorded events (memory/events.py): allocations, frees and
+    resizes (a resized storage is freed and allocated again) with their phase and step. `nbytes`: one
+    size per event in place of the recorded ones (a shape curve's sizes at another shape)."""
+    kinds, serials = events.numpy("kind"), events.numpy("serial")
+    sizes = events.numpy("nbytes") if nbytes is None else nbytes
+    phases, steps = events.numpy("phase"), events.numpy("step")
+    names = list(events.phases)
+    for kind, serial, size, phase, step in zip(kinds.tolist(), serials.tolist(), sizes.tolist(),
+                                               phases.tolist(), steps.tolist(), strict=True):
+        label = names[phase] if phase >= 0 else "setup"
+        if kind == EVENT_ALLOC:
+            yield "alloc", serial, size, label, step
+        elif kind == EVENT_FREE:
+            yield "free", serial, size, label, step
+        elif kind == EVENT_RESIZE:
+            yield "free", serial, size, label, step
+            yield "alloc", serial, size, label, step

@@ -12,10 +12,12 @@ carries `verified_on_gpu = False` until benchmarks/gpu-check.sh has measured it 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import UserError
+from .allocator_replay import AllocatorSettings, replay, stream_of
 
 MiB = 1 << 20
 
@@ -84,3 +86,30 @@ def im2col_bytes(batch: int, in_channels: int, groups: int, kernel: tuple[int, i
                  element_size: int) -> int:
     """Bytes of one convolution's im2col buffer: the workspace GEMM-based cuDNN algorithms may ask for."""
     return batch * (in_channels // groups) * kernel[0] * kernel[1] * out_hw[0] * out_hw[1] * element_size
+
+
+def with_workspace(stream: Iterable[tuple[str, int, int, str, int]], nbytes: int
+                   ) -> Iterator[tuple[str, int, int, str, int]]:
+    """The stream with the cuBLAS workspace allocated (never freed) where the first matmul runs: at the
+    first event of the first forward pass."""
+    placed = False
+    for event in stream:
+        if not placed and event[3] == "forward":
+            placed = True
+            yield "alloc", WORKSPACE_STORAGE, nbytes, "forward", event[4]
+        yield event
+
+
+WORKSPACE_STORAGE = -2  # a storage id no recorded storage has
+
+
+def predict_from_events(events: Any, gpu_major: int = 9, settings: AllocatorSettings | None = None,
+                        device_bytes: int | None = None, cudnn_bound: int = 0,
+                        nbytes: Any = None) -> dict[str, Any]:
+    """Replay a traced run's recorded events (memory/events.py) on a GPU of compute capability
+    `gpu_major`.x: the allocator's figures and the predicted device memory by part."""
+    workspace = cublas_workspace_bytes(gpu_major)
+    result = replay(with_workspace(stream_of(events, nbytes), workspace), settings, device_bytes)
+    device = predict(result.max_reserved, workspace, cudnn_bound)
+    return {"allocator": result.to_dict(), "device_memory": device.to_dict(), "gpu_major": gpu_major,
+            "verified_on_gpu": False}
