@@ -301,7 +301,7 @@ class CachingAllocator:
         self.next_address = 1 << 32  # where the next cudaMalloc'ed range starts (monotonic)
         self.expandables: list[Expandable] = []
         self.live: set[Block] = set()  # allocated blocks (active_blocks)
-        self.fragmentation_at_peak = 0  # reserved - allocated when reserved last peaked
+        self.fragmentation_at_peak = 0  # reserved - allocated when allocated peaked
 
     # -- the public operations ------------------------------------------------------------------------
 
@@ -319,8 +319,9 @@ class CachingAllocator:
         if not block:
             self.num_ooms += 1
             raise OutOfMemory(nbytes, self.allocated.current, self.reserved.current)
+        before = self.allocated.peak
         block = self.hand_out(block, pool, size, nbytes)
-        if self.reserved.current == self.reserved.peak:  # reserved at its peak: how much of it is unused
+        if self.allocated.current > before:  # a new allocated peak: how much reserved memory lies unused
             self.fragmentation_at_peak = self.reserved.current - self.allocated.current
         return block
 
@@ -632,7 +633,7 @@ class ReplayResult:
     max_allocated: int  # max_memory_allocated: live blocks, rounded
     max_reserved: int  # max_memory_reserved: segments
     max_requested: int  # the live bytes asked for (the estimate's peak, when the stream is complete)
-    fragmentation_at_peak: int  # reserved but not allocated when reserved peaked
+    fragmentation_at_peak: int  # reserved but not allocated when allocated peaked
     segments_at_end: int
     peak_segments: int
     num_alloc_retries: int
