@@ -27,7 +27,10 @@ from .launcher_options import jobs_option, launcher_options
 @launcher_options
 def fit(suite: str, budget: str, mode: str, methods: str | None, limit: int, out: str, jobs: int | None,
         launch: LaunchSettings) -> None:
-    """Find each run's largest per-GPU batch under a memory budget, and its memory-vs-batch line."""
+    """Find each run's largest per-GPU batch under a memory budget, and its memory-vs-batch line.
+
+    Estimates answer from a memory curve (five traces per run at most, see docs/curves.md); cpu and cuda
+    runs search with one run per probe."""
     from ..atomic import check_writable_dir, write_atomic
     from ..fit import Prober, fit_in_worker, fit_outcome, parse_bytes
     from ..launchers import Events, Work, get
@@ -57,7 +60,12 @@ def fit(suite: str, budget: str, mode: str, methods: str | None, limit: int, out
         line = (f"{human_bytes(fixed)} + {human_bytes(round(per_sample))}/sample"
                 if per_sample else "no line (peak did not grow with the batch)")
         best = f">={limit} (the --limit)" if best == limit else str(best or "none")
-        click.echo(f"  {name:<24} max batch {best:>6}  {line}  ({len(record['probes'])} probes)")
+        how = f"{len(record['probes'])} probes"
+        if "curve" in record:  # an estimate: traces made for the curve, its checks and any search
+            how = f"{'memory curve' if record['method'] == 'curve' else 'search'}, {len(record['curve']['traces'])} traces"
+        click.echo(f"  {name:<24} max batch {best:>6}  {line}  ({how})")
+        if record.get("why_search"):
+            click.echo(f"  {'':<24} searched: {record['why_search']}")
         write_atomic(store.fit_path(spec), json.dumps(record, indent=2, sort_keys=True))
 
     work = Work(kind="fit", local=lambda lane, spec: fit_outcome(spec, budget_bytes, limit, Prober(lane)),

@@ -1,10 +1,12 @@
 """The Ray launcher: one Ray task per run, asking for the run's GPUs (none for an estimate).
 
-Each task runs in a Ray worker process of its own (`max_calls=1`: the worker exits after one run, so no
-memory state carries over, as with the local lanes); a task that dies is not retried (`max_retries=0`) but
-recorded `interrupted`, and the same command run again resumes it. Outcomes come back to the driver,
-which writes the store, so workers need no shared filesystem; training checkpoints do (--checkpoint-dir).
-Without --ray-address, a local Ray is started for the command and stopped after it.
+A cpu or cuda task runs in a Ray worker process of its own (`max_calls=1`: the worker exits after one run,
+so no memory state carries over); estimate tasks share reused workers, as estimates share a local lane's
+worker (fake tensors leave nothing behind, and a fresh worker pays seconds of imports per run). A task
+that dies is not retried (`max_retries=0`) but recorded `interrupted`, and the same command run again
+resumes it. Outcomes come back to the driver, which writes the store, so workers need no shared
+filesystem; training checkpoints do (--checkpoint-dir). Without --ray-address, a local Ray is started for
+the command and stopped after it.
 """
 
 from __future__ import annotations
@@ -98,12 +100,13 @@ def launch(work: Work, specs: list[RunSpec], store: Any, settings: LaunchSetting
     if not specs:
         return []
     started = connect(settings)
-    task = ray.remote(max_calls=1)(in_worker)
+    fresh, reused = ray.remote(max_calls=1)(in_worker), ray.remote(max_calls=0)(in_worker)
     refs: dict[Any, RunSpec] = {}
     try:
         for spec in specs:
             fn, args = work.remote(spec)
             gpus = spec.gpus if spec.mode == "cuda" else 0
+            task = reused if spec.mode == "estimate" else fresh
             ref = task.options(num_cpus=1, num_gpus=gpus, max_retries=0,
                                name=f"unipt-bench {spec.key}").remote(fn, args)
             refs[ref] = spec

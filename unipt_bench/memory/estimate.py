@@ -29,6 +29,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_leaves, tree_map_only
 
+from . import events as allocation_events
 from .base import CATEGORIES, TRAINING_PHASES
 from .registry import TrackerContext, register_tracker
 
@@ -143,6 +144,9 @@ class PhasedMemTracker(MemTracker):
         self.owners: dict[Any, str] = {}  # activation/temporary storage info -> owner
         self.live_by_owner: dict[str, dict[str, int]] = {}
         self.peak_by_owner: dict[str, dict[str, int]] = {}
+        self.events = allocation_events.active()  # None unless a caller records this run's events
+        if self.events is not None:
+            self.events.grads_in_buckets = grads_in_buckets
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         """Run the op, track its output storages and update the peaks, as MemTracker does (its extra
@@ -202,6 +206,8 @@ class PhasedMemTracker(MemTracker):
                      old_reftype: Any = None) -> None:
         """MemTracker's single point for byte changes (same per-device snapshot), also keeping the live
         total and activation/temporary bytes per owner."""
+        if self.events is not None:
+            self.record(u_type, winfo, old_reftype)
         snap = self._curr_mem_snap.get(winfo.device)
         if snap is None:
             snap = self._curr_mem_snap[winfo.device] = dict.fromkeys((*self._ref_class, TOTAL), 0)
@@ -226,6 +232,11 @@ class PhasedMemTracker(MemTracker):
             del self._curr_mem_snap[winfo.device]
         if self.owner_of is not None:
             self.charge_owner(u_type, winfo, old_mem_consumed, old_reftype)
+
+    def record(self, u_type: Any, winfo: Any, old_reftype: Any) -> None:
+        kind = {_UpdateType.ADD: allocation_events.ALLOC, _UpdateType.DEL: allocation_events.FREE,
+                _UpdateType.SIZE: allocation_events.RESIZE, _UpdateType.REF: allocation_events.RELABEL}[u_type]
+        self.events.storage(kind, winfo, CATEGORY_OF[winfo.reftype], CATEGORY_OF.get(old_reftype))
 
     @staticmethod
     def bucket_view_change(u_type: Any, winfo: Any, old_reftype: Any) -> tuple[Any, int]:
@@ -274,6 +285,8 @@ class PhasedMemTracker(MemTracker):
 
     def _update_peak_stats(self, peak_state: Any) -> None:
         """After every op: each device's peak snapshot (with live bytes by owner there), then phase and step peaks."""
+        if self.events is not None:
+            self.events.check()
         for dev, snap in self._curr_mem_snap.items():
             if self._peak_mem.get(dev, 0) < snap[TOTAL]:
                 self._peak_mem[dev] = snap[TOTAL]
@@ -316,6 +329,8 @@ class TensorMemoryTracker:
 
     def __enter__(self) -> TensorMemoryTracker:
         self.tracker.__enter__()
+        if self.tracker.events is not None:
+            self.tracker.events.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -325,12 +340,16 @@ class TensorMemoryTracker:
         if phase in ("forward", "evaluation"):  # each forward (step, micro-batch, evaluation) is a new MemTracker iteration
             self.tracker.reset_mod_stats()
         self.tracker.phase = phase
+        if self.tracker.events is not None:
+            self.tracker.events.mark(phase)
         self.tracker.note_peak()
 
     def end_step(self) -> None:
         self.tracker.step_peaks.append(self.tracker.step_peak)
         self.tracker.step_peak = 0
         self.tracker.phase = None
+        if self.tracker.events is not None:
+            self.tracker.events.end_step()
 
     def result(self) -> dict[str, Any]:
         peak = {}
