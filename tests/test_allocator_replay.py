@@ -242,3 +242,22 @@ def test_device_memory_parts_and_cublas_workspace():
     device = predict(reserved=100 * MiB, workspace=32 * MiB, cudnn_bound=10 * MiB)
     assert device.total == 110 * MiB + CUDA_CONTEXT and not device.verified_on_gpu
     assert any("cuDNN" in a for a in device.assumptions)
+
+
+def test_an_estimate_replays_its_own_allocations():
+    """An estimate records its allocations and replays them: the bytes the replayed allocator is asked for
+    peak exactly at the tracker's peak (plus the cuBLAS workspace), and every predicted figure says it is
+    unverified on a GPU. A convolutional model also gets a cuDNN workspace bound."""
+    from unipt_bench.profile import RunOptions, profile
+    from unipt_bench.suite_file import load_suite
+
+    specs = {s.config: s for s in load_suite("smoke").with_mode("estimate") if s.label == "adapter"}
+    for config in ("bert", "cnn"):
+        memory = profile(specs[config], RunOptions())["memory"]["memtracker_fake"]
+        replayed = memory["allocator_replay"]
+        device = replayed["device_memory"]
+        assert replayed["allocator"]["max_requested"] == memory["peak_bytes"] + device["cublas_workspace"]
+        assert replayed["allocator"]["max_allocated"] <= replayed["allocator"]["max_reserved"]
+        assert device["total"] == device["reserved"] + device["cuda_context"] + device["cudnn_workspace_bound"]
+        assert not replayed["verified_on_gpu"]
+        assert (device["cudnn_workspace_bound"] > 0) == (config == "cnn")

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from torch import nn
 
 from ..errors import UserError
 from .allocator_replay import AllocatorSettings, replay, stream_of
@@ -80,6 +83,26 @@ def predict(reserved: int, workspace: int, cudnn_bound: int = 0, context: int = 
     """The parts, with the assumptions that apply to them."""
     names = ["cuda_context", "cublas_workspace", "kernels"] + (["cudnn_workspace"] if cudnn_bound else [])
     return DeviceMemory(reserved, workspace, context, cudnn_bound, assumptions=[ASSUMPTIONS[n] for n in names])
+
+
+@contextmanager
+def largest_im2col(model: nn.Module) -> Iterator[list[int]]:
+    """While entered, the largest im2col buffer (bytes) of the model's 2-d convolutions, in a one-item list
+    (0 for a model without convolutions): the cuDNN workspace bound of device memory."""
+    largest = [0]
+
+    def seen(conv: nn.Conv2d, inputs: Any, output: Any) -> None:  # output: [B, C_out, H_out, W_out]
+        batch, _, height, width = output.shape
+        nbytes = im2col_bytes(batch, conv.in_channels, conv.groups, conv.kernel_size, (height, width),
+                              output.element_size())
+        largest[0] = max(largest[0], nbytes)
+
+    handles = [m.register_forward_hook(seen) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        yield largest
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def im2col_bytes(batch: int, in_channels: int, groups: int, kernel: tuple[int, int], out_hw: tuple[int, int],
