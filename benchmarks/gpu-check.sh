@@ -4,7 +4,10 @@
 #      BERT runs (goal: within 3%), then the cuda trackers' step-time overhead (goal: at most 1%);
 #   2. two smoke runs in cuda mode with NVML figures and allocator snapshots;
 #   3. the cuda benchmark (pytest-benchmark JSON);
-#   4. an HTML report of the cuda results.
+#   4. an HTML report of the cuda results;
+#   5. the allocator replay against the real caching allocator (benchmarks/allocator_check.py): the GPU's own
+#      recorded trace replayed segment by segment, and the estimate's predicted max_memory_reserved beside
+#      the measured one, for the same BERT runs as selfcheck (a table for docs/gpu-calibration.md).
 # Everything lands in OUTPUT_DIR (default gpu-check/); the exit status is non-zero if any step failed.
 # Usage: bash benchmarks/gpu-check.sh [OUTPUT_DIR]     (PYTHON=... to use another interpreter)
 set -uo pipefail
@@ -28,6 +31,7 @@ step smoke-cuda "$py" -m unipt_bench.cli run --suite smoke --mode cuda --methods
 step smoke-cuda-results "$py" -m unipt_bench.cli results --suite smoke --out "$out/results" --format markdown
 step benchmark "$py" -m pytest benchmarks --benchmark-only -k cuda -s -p no:cacheprovider \
   --benchmark-json "$out/benchmark.json"
+step allocator "$py" benchmarks/allocator_check.py "$out/allocator"
 step report "$py" -m unipt_bench.cli report --suite flickr30k --results "$out/results" --out "$out/flickr30k-cuda.html"
 
 if [ "${#failed[@]}" -gt 0 ]; then

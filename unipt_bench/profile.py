@@ -26,9 +26,11 @@ from .build import Built, build, example_batch, module_owner, parameter_counts
 from .config import RunSpec
 from .errors import UserError
 from .memory import ddp_buckets
+from .memory import events as allocation_events
 from .memory.allocations import AllocationCounter, beyond_tensors
 from .memory.base import Trackers
 from .memory.cuda import library_workspace_bytes, other_processes_bytes
+from .memory.device_memory import largest_im2col, predict_from_events
 from .memory.estimate import cuda_allocator_blocks, fake_materialise
 from .memory.registry import TrackerContext, build_trackers
 
@@ -214,6 +216,7 @@ class RunOptions:
     torchrun: bool = False  # cpu: run gpus > 1 as that many gloo processes under torchrun (cuda always does)
     # cpu: also count every CPU allocation from model build on (torch.profiler): what the tensor tracker cannot see
     count_allocations: bool = True
+    replay_allocator: bool = True  # estimate, cpu: replay the CUDA caching allocator on the traced allocations
 
 
 def materialise(spec: RunSpec, stack: ExitStack) -> Built:
@@ -249,6 +252,10 @@ def profile(spec: RunSpec, options: RunOptions | None = None,
         if wrap is not None:
             run.module = wrap(built.model)
         built_seconds = time.perf_counter() - started
+        # one process on one device: its recorded allocations are what a GPU's allocator would be asked for
+        replayed = options.replay_allocator and spec.mode != "cuda" and spec.gpus == 1 and wrap is None
+        events = stack.enter_context(allocation_events.recording()) if replayed else None
+        convolutions = stack.enter_context(largest_im2col(built.model)) if replayed else None
         trackers = make_trackers(spec, run, options,
                                  grads_in_buckets=modelled and spec.ddp.get("gradient_as_bucket_view", False))
         traced = time.perf_counter()
@@ -267,6 +274,9 @@ def profile(spec: RunSpec, options: RunOptions | None = None,
         counted = counter.result()
         tensors = memory.get("memtracker_real", {}).get("peak_bytes")
         memory[counter.counter] = {**counted, **beyond_tensors(counted["peak_bytes"], tensors, built.model)}
+    if events is not None:  # what a GPU would show, predicted (unverified on a GPU: docs/allocator.md)
+        primary = next(name for name in memory if name.startswith("memtracker"))
+        memory[primary]["allocator_replay"] = predict_from_events(events, cudnn_bound=convolutions[0])
     out = {
         "params": parameter_counts(built),
         "memory": memory,
