@@ -111,6 +111,7 @@ class RunResult:
         categories = primary.get("by_category", {})
         for cat in REPORTED_CATEGORIES:
             row[f"{cat}_bytes"] = categories.get(cat)
+        row.update(predicted_gpu_memory(primary))
         row["step_seconds"] = (self.timing or {}).get("step_seconds")
         metrics = self.metrics or {}
         selection = metrics.get("selection")
@@ -119,6 +120,14 @@ class RunResult:
         row["baseline_score"] = (metrics.get("baseline") or {}).get(selection) if selection else None
         row["message"] = self.message
         return row
+
+
+def predicted_gpu_memory(figures: dict[str, Any]) -> dict[str, int | None]:
+    """What a GPU would show for a run, from its replayed caching allocator (docs/allocator.md): reserved
+    memory and device memory (reserved + CUDA context + cuDNN bound); unverified on a GPU."""
+    replayed = figures.get("allocator_replay") or {}
+    return {"predicted_reserved_bytes": (replayed.get("allocator") or {}).get("max_reserved"),
+            "predicted_device_bytes": (replayed.get("device_memory") or {}).get("total")}
 
 
 def now() -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..config import RunSpec
 from ..memory.base import REPORTED_CATEGORIES
+from ..results import predicted_gpu_memory
 from .request import Request
 from .shape_memory import Shape, ShapeError, ShapeMemory, TracedMemory, Tracer, peak_of
 
@@ -74,6 +75,7 @@ def at_shape(result_status: str, result: Any, spec: RunSpec, budget: int) -> dic
     values["peak_bytes"] = primary.get("peak_bytes")
     for category in REPORTED_CATEGORIES:
         values[f"{category}_bytes"] = primary.get("by_category", {}).get(category)
+    values.update(predicted_gpu_memory(primary))  # unverified on a GPU: docs/allocator.md
     values["fits"] = None if values["peak_bytes"] is None else values["peak_bytes"] <= budget
     if result_status == "oom":
         values["fits"] = False

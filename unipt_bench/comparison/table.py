@@ -14,7 +14,7 @@ from .run import Comparison
 
 LEADING = ["method", "status", "applies", "reason", "mode", "trainable_params", "trainable_method_params",
            "trainable_head_params", "total_params", "peak_bytes", *[f"{c}_bytes" for c in REPORTED_CATEGORIES],
-           "fits", "max_batch", "bytes_per_sample", *[f"bytes_per_{u}" for u in UNITS.values()],
+           "predicted_reserved_bytes", "predicted_device_bytes", "fits", "max_batch", "bytes_per_sample", *[f"bytes_per_{u}" for u in UNITS.values()],
            *[f"reaches_full_at_{k}" for k in UNITS], "on_front", "accuracy", "accuracy_metric", "accuracy_run",
            "curve_mode", "note", "traces", "seconds"]
 
@@ -75,7 +75,7 @@ def print_comparison(comparison: Comparison) -> None:
     shape = ", ".join(f"{k} {v}" for k, v in request.axes().items())
     table = Table(title=f"{request.model} on {request.task}, batch {request.batch}"
                         f"{', ' + shape if shape else ''}; budget {request.budget_label}", title_justify="left")
-    headers = ["method", "trainable", "peak", "activations", "grads+optim", "fits", "max batch", "per sample",
+    headers = ["method", "trainable", "peak", "activations", "grads+optim", "GPU device*", "fits", "max batch", "per sample",
                *[f"per {u.replace('_', ' ')}" for u in units], *[f"= full at {k}" for k in crossings], "front",
                "accuracy"]
     for header in headers:
@@ -89,7 +89,8 @@ def print_comparison(comparison: Comparison) -> None:
         accuracy = f"{r['accuracy_metric']} {r['accuracy']:.2f}" if r.get("accuracy") is not None else "-"
         table.add_row(
             r["method"], human_count(r["trainable_params"]), human_bytes(r["peak_bytes"]),
-            human_bytes(r.get("activations_bytes")), human_bytes(optimizer), "yes" if r["fits"] else "no",
+            human_bytes(r.get("activations_bytes")), human_bytes(optimizer),
+            human_bytes(r.get("predicted_device_bytes")), "yes" if r["fits"] else "no",
             "-" if r.get("max_batch") is None else str(r["max_batch"]), per_unit(r.get("bytes_per_sample")),
             *[per_unit(r.get(f"bytes_per_{u}")) for u in units],
             *["-" if r.get(f"reaches_full_at_{k}") is None else str(r[f"reaches_full_at_{k}"]) for k in crossings],
@@ -100,6 +101,8 @@ def print_comparison(comparison: Comparison) -> None:
     curve_modes = sorted({r["curve_mode"] for r in rows if r.get("curve_mode")})
     console.print(f"peak, fits, max batch: {', '.join(modes)} mode; per unit and '= full at': "
                   f"{', '.join(curve_modes)}; front (*): fewest parameters for the memory")
+    console.print("GPU device*: predicted device memory (the replayed caching allocator's reserved memory, the "
+                  "CUDA context, a cuDNN bound; docs/allocator.md), unverified on a GPU")
     for r in refused:
         console.print(f"  {r['method']}: {r['status'].replace('_', ' ')}: {r.get('reason')}")
     for r in rows:

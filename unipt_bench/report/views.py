@@ -148,6 +148,21 @@ class RowView:
     def calibration(self) -> dict[str, Any] | None:
         return self.result.calibration
 
+    @property
+    def predicted(self) -> dict[str, Any] | None:
+        """The replayed CUDA caching allocator's figures and predicted device memory (docs/allocator.md), in
+        GiB; None where the run has none (cuda runs measure instead)."""
+        replayed = self.memory.get("allocator_replay") or {}
+        allocator, device = replayed.get("allocator") or {}, replayed.get("device_memory") or {}
+        if not allocator or not device:
+            return None
+        gib = 2**30
+        return {"allocated": allocator["max_allocated"] / gib, "reserved": allocator["max_reserved"] / gib,
+                "fragmentation": allocator["fragmentation_at_peak"] / gib, "segments": allocator["peak_segments"],
+                "context": device["cuda_context"] / gib, "cudnn": device["cudnn_workspace_bound"] / gib,
+                "device": device["total"] / gib,
+                "steps": [r / gib for r in allocator.get("step_max_reserved", [])]}
+
 
 @dataclass
 class TableView:
