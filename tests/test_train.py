@@ -185,6 +185,12 @@ def test_the_training_peak_is_the_profile_at_the_peak_batch_shape(tmp_path, meth
     figures = out["memory"]["memtracker_real"]
     where = figures["peak_at"]
     assert where["phase"] in ("forward", "backward", "optimizer")
+    # the caching allocator replayed over the tracked steps: asked for exactly the tracked live bytes (plus
+    # the cuBLAS workspace); reserved memory per tracked step, never falling (nothing empties the cache)
+    replayed = figures["allocator_replay"]
+    assert replayed["allocator"]["max_requested"] == figures["peak_bytes"] + replayed["device_memory"]["cublas_workspace"]
+    reserved = list(replayed["step_reserved"].values())
+    assert len(reserved) >= 2 and reserved == sorted(reserved) and max(reserved) == replayed["allocator"]["max_reserved"]
     lengths = {int(shape.split("x")[1]) for shape in out["metrics"]["batch_shapes"]["text"]}
     assert len(lengths) > 1 and where["shapes"]["text"] == [16, max(lengths)]
     at_peak = [TowerSpec("image", "tiny-regions", tuned=False),

@@ -7,6 +7,9 @@
   largest batch seen is the peak, at the cost of a few tracked steps (record-breaking batches are rare).
 - every mode: every validation and the test are tracked (`evaluation`), in the open segment or in one of
   their own: an evaluation's batches differ from training's and may hold more than any step.
+- cpu: each segment's allocations are recorded and replayed on one CUDA caching allocator whose state
+  carries over from segment to segment (memory/device_memory.py): the reserved memory a GPU would show per
+  tracked step, under the primary counter's `allocator_replay` (untracked steps are not replayed).
 
 Each tracked stretch is a segment (memory/segments.py merges them, and the ones of earlier processes when a
 run resumes). The peak's step, phase and batch shape are found from the per-step series.
@@ -21,7 +24,9 @@ from typing import Any
 
 import torch
 
+from .memory import events as allocation_events
 from .memory.base import TRAINING_PHASES, Trackers, phase_peak
+from .memory.device_memory import GpuMemoryReplay
 from .memory.segments import merge_segments, with_segment
 from .profile import NullTracker
 
@@ -67,6 +72,11 @@ class StepTracking:
         self.first_until: int | None = None  # set at this process's first step
         self.current: Trackers | None = None
         self.current_start = 0
+        self.replay = GpuMemoryReplay() if mode != "cuda" else None  # a GPU measures what a replay predicts
+        self.recording: Any = None  # the open segment's event recording
+        earlier = next((f.get("allocator_replay") for n, f in (self.memory or {}).items() if n.startswith("memtracker")),
+                       None)
+        self.earlier_steps: dict[str, int] = dict((earlier or {}).get("step_reserved", {}))  # an earlier process's
 
     @property
     def open(self) -> bool:
@@ -88,8 +98,7 @@ class StepTracking:
         size = batch_elements(batch)
         tracked = self.wants(step, size)
         if tracked and self.current is None:
-            self.current, self.current_start = self.make(), step
-            self.current.__enter__()
+            self.start(step)
         elif not tracked and self.current is not None:
             self.close(step)
         if tracked:
@@ -103,8 +112,7 @@ class StepTracking:
         """Track an evaluation (a validation or the test) run after `step` steps as the "evaluation" phase."""
         own = self.current is None
         if own:
-            self.current, self.current_start = self.make(), step
-            self.current.__enter__()
+            self.start(step)
         self.current.mark("evaluation")
         try:
             yield
@@ -112,13 +120,36 @@ class StepTracking:
             if own:
                 self.close(step)
 
+    def start(self, step: int) -> None:
+        """Open a segment at `step`: its trackers, and the recording of its allocations (cpu)."""
+        if self.replay is not None:
+            self.recording = allocation_events.recording()
+            self.events = self.recording.__enter__()  # before the trackers: they attach to it when made
+        self.current, self.current_start = self.make(), step
+        self.current.__enter__()
+
     def close(self, step: int) -> None:
         """End the open segment (if any) at `step` and fold its figures into the memory so far."""
         if self.current is None:
             return
         self.current.__exit__(None, None, None)
-        self.memory = merge_segments(self.memory, with_segment(self.current.results(), self.current_start, step))
+        if self.recording is not None:
+            self.recording.__exit__(None, None, None)
+            self.recording = None
+            self.replay.feed(self.events, first_step=self.current_start, stretch=True)
+        self.memory = self.with_replay(merge_segments(self.memory, with_segment(self.current.results(),
+                                                                               self.current_start, step)))
         self.current = None
+
+    def with_replay(self, memory: dict[str, Any]) -> dict[str, Any]:
+        """The replayed allocator's figures so far under the primary counter (segment merges keep one
+        segment's figures: the replay covers them all)."""
+        primary = next((name for name in memory if name.startswith("memtracker")), None)
+        if self.replay is None or primary is None:
+            return memory
+        replayed = self.replay.result()
+        replayed["step_reserved"] = {**self.earlier_steps, **replayed["step_reserved"]}
+        return {**memory, primary: {**memory[primary], "allocator_replay": replayed}}
 
     def memory_so_far(self, step: int) -> dict[str, Any]:
         if self.current is None:

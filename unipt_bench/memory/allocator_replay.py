@@ -645,6 +645,54 @@ class ReplayResult:
         return asdict(self)
 
 
+class Replayer:
+    """One allocator fed an allocation stream, in one piece or stretch by stretch (a training run's tracked
+    segments): the allocator's state carries over from one stretch to the next, as on a GPU."""
+
+    def __init__(self, settings: AllocatorSettings | None = None, device_bytes: int | None = None,
+                 memory_fraction: float | None = None) -> None:
+        self.allocator = CachingAllocator(settings, device_bytes, memory_fraction)
+        self.held: dict[int, tuple[Block, int]] = {}
+        self.step_reserved: dict[int, int] = {}  # step -> highest reserved bytes in it
+        self.oom: dict[str, Any] | None = None
+
+    def feed(self, events: Iterable[tuple[str, int, int, str, int]], first_step: int = 0) -> bool:
+        """Replay (kind "alloc" | "free", storage id, bytes, phase, step) in order, steps counted from
+        `first_step`; False once a request could not be served (then `oom` says where)."""
+        allocator, held = self.allocator, self.held
+        for index, (kind, storage, nbytes, phase, step) in enumerate(events if self.oom is None else ()):
+            if kind == "alloc":
+                if storage in held:  # a storage re-allocated under the same id: the old one is gone
+                    allocator.free(*held.pop(storage))
+                try:
+                    held[storage] = (allocator.malloc(nbytes), nbytes)
+                except OutOfMemory as exc:
+                    self.oom = {"event": index, "requested": nbytes, "phase": phase, "step": first_step + step,
+                                "allocated": exc.allocated, "reserved": exc.reserved}
+                    return False
+            elif storage in held:  # a free of a storage allocated before the stream began is not ours
+                allocator.free(*held.pop(storage))
+            at = first_step + step
+            self.step_reserved[at] = max(self.step_reserved.get(at, 0), allocator.reserved.current)
+        return self.oom is None
+
+    def release_all(self, keep: Iterable[int] = ()) -> None:
+        """Free every storage the stream left allocated but those in `keep` (a tracked stretch ends; the next
+        one's tracker registers the storages that live on as allocations of its own)."""
+        for storage in [s for s in self.held if s not in set(keep)]:
+            self.allocator.free(*self.held.pop(storage))
+
+    def result(self) -> ReplayResult:
+        allocator = self.allocator
+        return ReplayResult(
+            max_allocated=allocator.allocated.peak, max_reserved=allocator.reserved.peak,
+            max_requested=allocator.requested.peak, fragmentation_at_peak=allocator.fragmentation_at_peak,
+            segments_at_end=allocator.segments.current, peak_segments=allocator.segments.peak,
+            num_alloc_retries=allocator.num_alloc_retries, oom=self.oom,
+            step_max_reserved=[self.step_reserved[s] for s in sorted(self.step_reserved)],
+            settings=allocator.settings.to_dict())
+
+
 def replay(events: Iterable[tuple[str, int, int, str, int]], settings: AllocatorSettings | None = None,
            device_bytes: int | None = None, memory_fraction: float | None = None,
            preallocated: Iterable[int] = ()) -> ReplayResult:
@@ -654,36 +702,10 @@ def replay(events: Iterable[tuple[str, int, int, str, int]], settings: Allocator
     first matmul allocates through this allocator). With `device_bytes`, the first request that cannot
     be served stops the replay and is reported in `oom`.
     """
-    allocator = CachingAllocator(settings, device_bytes, memory_fraction)
-    held: dict[int, tuple[Block, int]] = {}
-    step_reserved: dict[int, int] = {}
-    oom = None
-    try:
-        for nbytes in preallocated:
-            allocator.malloc(nbytes)
-    except OutOfMemory as exc:
-        oom = {"event": -1, "requested": exc.requested, "phase": "setup", "step": 0,
-               "allocated": exc.allocated, "reserved": exc.reserved}
-    for index, (kind, storage, nbytes, phase, step) in enumerate(events if oom is None else ()):
-        if kind == "alloc":
-            if storage in held:  # a storage re-allocated under the same id: the old one is gone
-                allocator.free(*held.pop(storage))
-            try:
-                held[storage] = (allocator.malloc(nbytes), nbytes)
-            except OutOfMemory as exc:
-                oom = {"event": index, "requested": nbytes, "phase": phase, "step": step,
-                       "allocated": exc.allocated, "reserved": exc.reserved}
-                break
-        elif storage in held:  # a free of a storage allocated before the stream began is not ours
-            allocator.free(*held.pop(storage))
-        step_reserved[step] = max(step_reserved.get(step, 0), allocator.reserved.current)
-    return ReplayResult(
-        max_allocated=allocator.allocated.peak, max_reserved=allocator.reserved.peak,
-        max_requested=allocator.requested.peak, fragmentation_at_peak=allocator.fragmentation_at_peak,
-        segments_at_end=allocator.segments.current, peak_segments=allocator.segments.peak,
-        num_alloc_retries=allocator.num_alloc_retries, oom=oom,
-        step_max_reserved=[step_reserved[s] for s in sorted(step_reserved)],
-        settings=allocator.settings.to_dict())
+    replayer = Replayer(settings, device_bytes, memory_fraction)
+    if replayer.feed(("alloc", -1 - i, nbytes, "setup", 0) for i, nbytes in enumerate(preallocated)):
+        replayer.feed(events)
+    return replayer.result()
 
 
 def stream_of(events: Any, nbytes: Any = None) -> Iterable[tuple[str, int, int, str, int]]:

@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import UserError
-from .allocator_replay import AllocatorSettings, replay, stream_of
+from .allocator_replay import AllocatorSettings, Replayer, stream_of
 
 MiB = 1 << 20
 
@@ -111,28 +111,52 @@ def im2col_bytes(batch: int, in_channels: int, groups: int, kernel: tuple[int, i
     return batch * (in_channels // groups) * kernel[0] * kernel[1] * out_hw[0] * out_hw[1] * element_size
 
 
-def with_workspace(stream: Iterable[tuple[str, int, int, str, int]], nbytes: int
-                   ) -> Iterator[tuple[str, int, int, str, int]]:
-    """The stream with the cuBLAS workspace allocated (never freed) where the first matmul runs: at the
-    first event of the first forward pass."""
-    placed = False
-    for event in stream:
-        if not placed and event[3] == "forward":
-            placed = True
-            yield "alloc", WORKSPACE_STORAGE, nbytes, "forward", event[4]
-        yield event
-
-
 WORKSPACE_STORAGE = -2  # a storage id no recorded storage has
+
+
+class GpuMemoryReplay:
+    """A run's predicted GPU memory from its recorded events (memory/events.py), replayed on the caching
+    allocator of a GPU of compute capability `gpu_major`.x: fed whole (a profile) or one tracked stretch
+    at a time (training), the allocator's state carrying over. The cuBLAS workspace is allocated where the
+    first matmul runs (the first event of the first forward pass) and never freed."""
+
+    def __init__(self, gpu_major: int = 9, settings: AllocatorSettings | None = None,
+                 device_bytes: int | None = None) -> None:
+        self.gpu_major = gpu_major
+        self.workspace = cublas_workspace_bytes(gpu_major)
+        self.replayer = Replayer(settings, device_bytes)
+        self.placed = False
+        self.cudnn_bound = 0
+
+    def with_workspace(self, stream: Iterable[tuple[str, int, int, str, int]]
+                       ) -> Iterator[tuple[str, int, int, str, int]]:
+        for event in stream:
+            if not self.placed and event[3] == "forward":
+                self.placed = True
+                yield "alloc", WORKSPACE_STORAGE, self.workspace, "forward", event[4]
+            yield event
+
+    def feed(self, events: Any, first_step: int = 0, nbytes: Any = None, stretch: bool = False,
+             cudnn_bound: int = 0) -> None:
+        """Replay one recording; `stretch`: a tracked stretch of a longer run, whose storages are released at
+        its end (the next stretch registers those that live on)."""
+        self.cudnn_bound = max(self.cudnn_bound, cudnn_bound)
+        self.replayer.feed(self.with_workspace(stream_of(events, nbytes)), first_step)
+        if stretch:
+            self.replayer.release_all(keep=(WORKSPACE_STORAGE,))
+
+    def result(self) -> dict[str, Any]:
+        replayed = self.replayer.result()
+        device = predict(replayed.max_reserved, self.workspace, self.cudnn_bound)
+        steps = self.replayer.step_reserved
+        return {"allocator": replayed.to_dict(), "device_memory": device.to_dict(), "gpu_major": self.gpu_major,
+                "step_reserved": {str(step): steps[step] for step in sorted(steps)}, "verified_on_gpu": False}
 
 
 def predict_from_events(events: Any, gpu_major: int = 9, settings: AllocatorSettings | None = None,
                         device_bytes: int | None = None, cudnn_bound: int = 0,
                         nbytes: Any = None) -> dict[str, Any]:
-    """Replay a traced run's recorded events (memory/events.py) on a GPU of compute capability
-    `gpu_major`.x: the allocator's figures and the predicted device memory by part."""
-    workspace = cublas_workspace_bytes(gpu_major)
-    result = replay(with_workspace(stream_of(events, nbytes), workspace), settings, device_bytes)
-    device = predict(result.max_reserved, workspace, cudnn_bound)
-    return {"allocator": result.to_dict(), "device_memory": device.to_dict(), "gpu_major": gpu_major,
-            "verified_on_gpu": False}
+    """Replay one traced run's recorded events: the allocator's figures and the predicted device memory by part."""
+    replay = GpuMemoryReplay(gpu_major, settings, device_bytes)
+    replay.feed(events, nbytes=nbytes, cudnn_bound=cudnn_bound)
+    return replay.result()

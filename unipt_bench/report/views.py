@@ -161,7 +161,7 @@ class RowView:
                 "fragmentation": allocator["fragmentation_at_peak"] / gib, "segments": allocator["peak_segments"],
                 "context": device["cuda_context"] / gib, "cudnn": device["cudnn_workspace_bound"] / gib,
                 "device": device["total"] / gib,
-                "steps": [r / gib for r in allocator.get("step_max_reserved", [])]}
+                "steps": [f"{step}: {nbytes / gib:.3f}" for step, nbytes in (replayed.get("step_reserved") or {}).items()]}
 
 
 @dataclass
