@@ -250,7 +250,7 @@ def test_stored_result_files(smoke):
     for path, raw in smoke.files_first.items():
         data = json.loads(raw)
         assert data["schema"] == 1
-        assert set(data["spec"]) == spec_fields - {"ddp", "overrides"}  # written only where set (none here)
+        assert set(data["spec"]) == spec_fields - {"ddp", "overrides", "memory"}  # written only where set (none here)
         spec = RunSpec.from_dict(data["spec"])
         assert (spec.suite, spec.mode, spec.config) == ("smoke", "estimate", path.parent.name)
         assert data["digest"] == spec.digest()

@@ -51,7 +51,8 @@ def test_flickr30k_t5_bert_trains_with_its_recipe_shortened(trained) -> None:
         lengths = {int(shape.split("x")[1]) for shape in result["metrics"]["batch_shapes"]["text"]}
         assert len(lengths) > 1 and max(lengths) <= 32  # padded to each batch's longest caption, at most seq_len
         peak = result["memory"]["memtracker_real"]["peak_at"]
-        assert peak["shapes"]["text"][1] == max(lengths)  # the peak is at the longest batch
+        # the peak is at the longest batch, or in an evaluation (tracked too, with its own batches)
+        assert peak["phase"] == "evaluation" or peak["shapes"]["text"][1] == max(lengths)
     assert results["unipt"]["params"]["trainable_params"] > 0
 
 

@@ -81,17 +81,18 @@ def test_every_registered_tracker_follows_its_default_and_a_selection() -> None:
 
 
 def test_a_registered_tracker_is_off_unless_asked_and_only_in_its_modes(spec_factory, counting) -> None:
-    assert set(profile(spec_factory("unipt", mode="cpu"))["memory"]) == {"memtracker_real", "rss"}
+    # cpu_allocations: the allocator-level counter every cpu profile runs (RunOptions.count_allocations)
+    assert set(profile(spec_factory("unipt", mode="cpu"))["memory"]) == {"memtracker_real", "rss", "cpu_allocations"}
     assert "counting" not in profile(spec_factory("unipt"), RunOptions(trackers=["counting"]))["memory"]  # estimate
 
 
 def test_optional_trackers_can_be_switched_off_the_primary_one_cannot(spec_factory, counting) -> None:
     memory = profile(spec_factory("unipt", mode="cpu"), RunOptions(trackers=["counting"]))["memory"]
-    assert set(memory) == {"memtracker_real", "counting"}  # rss off, the primary tracker on
+    assert set(memory) == {"memtracker_real", "counting", "cpu_allocations"}  # rss off, the primary tracker on
     assert memory["counting"]["steps"] == 2  # the tracker measured the run
     assert memory["counting"]["phases"][:3] == ["forward", "backward", "optimizer"]
     memory = profile(spec_factory("unipt", mode="cpu"), RunOptions(trackers=[]))["memory"]
-    assert set(memory) == {"memtracker_real"}
+    assert set(memory) == {"memtracker_real", "cpu_allocations"}
 
 
 def test_rss_and_nvml_stay_on_by_default() -> None:

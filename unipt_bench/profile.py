@@ -254,7 +254,10 @@ def profile(spec: RunSpec, options: RunOptions | None = None,
         built_seconds = time.perf_counter() - started
         # one process on one device: its recorded allocations are what a GPU's allocator would be asked for
         replayed = options.replay_allocator and spec.mode != "cuda" and spec.gpus == 1 and wrap is None
-        events = stack.enter_context(allocation_events.recording()) if replayed else None
+        # a caller already recording (a shape curve's trace) gets the same events
+        events = allocation_events.active() if replayed else None
+        if replayed and events is None:
+            events = stack.enter_context(allocation_events.recording())
         convolutions = stack.enter_context(largest_im2col(built.model)) if replayed else None
         trackers = make_trackers(spec, run, options,
                                  grads_in_buckets=modelled and spec.ddp.get("gradient_as_bucket_view", False))

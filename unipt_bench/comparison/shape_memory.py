@@ -1,9 +1,9 @@
 """One method's training peak as a function of shape: the batch and the towers' shape keys.
 
 A shape is {"batch": B, "<tower>.<key>": value, ...} (e.g. "text.seq_len"), the axes of
-`unipt_bench.curves`. Where that module is installed, a method's memory is its exact curve (a few
-traces, then any shape in milliseconds); otherwise every shape asked is traced, through the same
-runner lanes and `execute` as `run` (so each figure equals `run`'s at that shape). Both answer the
+`unipt_bench.curves`. In estimate mode a method's memory is its exact curve (a few traces, then any
+shape in milliseconds); otherwise every shape asked is traced, through the same runner lanes and
+`execute` as `run` (so each figure equals `run`'s at that shape). Both answer the
 same three questions: the peak at a shape, the largest batch under a budget, and how many traces
 that took.
 """
@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from ..config import RunSpec
+from ..errors import NotApplicable, UserError
 from ..results import RunResult
 
 Shape = dict[str, int]
@@ -148,24 +149,27 @@ class CurveMemory:
         self.source = "curve" if curve.exact else f"traces ({curve.fallback_reason})"
 
     def peak(self, shape: Shape) -> int | None:
-        return self.curve.at(**shape)["peak_bytes"]
+        try:
+            return self.curve.at(**shape)["peak_bytes"]
+        except (ValueError, RuntimeError) as exc:  # a shape off the curve, traced, that the model cannot take
+            raise ShapeError(str(exc).splitlines()[0]) from None
 
     def max_batch(self, budget: int, shape: Shape, limit: int) -> int | None:
         fixed = {axis: value for axis, value in shape.items() if axis != "batch"}
-        best = self.curve.max_fitting("batch", budget, **fixed)
+        best = self.curve.max_fitting("batch", budget, limit=limit, **fixed)
         return None if best is None else min(best, limit)
 
 
 def shape_memory(spec: RunSpec, axes: list[str], tracer: Tracer,
                  curve_maker: Callable[[RunSpec, list[str]], Any] | None = None) -> ShapeMemory:
-    """The method's memory over `axes` (besides the batch): its curve where unipt_bench.curves is there and the
-    mode is estimate, else traced shape by shape."""
+    """The method's memory over `axes` (besides the batch): its exact curve in estimate mode, else (cuda, or a
+    model that cannot take the curve's grid of shapes, e.g. a ViT whose position embeddings fix its image
+    size) traced shape by shape."""
     if spec.mode == "estimate":
-        if curve_maker is None:
-            try:
-                from ..curves import memory_curve as curve_maker  # type: ignore[no-redef]
-            except ImportError:
-                curve_maker = None
-        if curve_maker is not None:
-            return CurveMemory(curve_maker(spec, ["batch", *axes]))
+        from ..curves import memory_curve
+
+        try:
+            return CurveMemory((curve_maker or memory_curve)(spec, ["batch", *axes]))
+        except (ValueError, RuntimeError, UserError, NotApplicable):  # the traced runs say why
+            pass
     return TracedMemory(spec, tracer)
