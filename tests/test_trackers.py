@@ -297,3 +297,21 @@ def test_the_tensor_tracker_holds_no_byte_the_untracked_step_frees() -> None:
     """Its module hooks must not keep gradients alive: a backward hook in mode "all" on Product's inputs
     would keep b's gradient [4096, 16] until a's arrives, through the second branch's whole backward."""
     assert backward_peak(tracked=True) == backward_peak(tracked=False)
+
+
+def test_an_evaluation_of_several_batches_is_tracked() -> None:
+    """Validation and test run many batches inside one "evaluation" phase: each forward of the model is a new
+    MemTracker iteration (MemTracker raises on a second root forward without a reset)."""
+    import torch
+    from torch import nn
+
+    from unipt_bench.memory.estimate import TensorMemoryTracker
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    optimizer = torch.optim.AdamW(model.parameters())
+    tracker = TensorMemoryTracker(model, optimizer, [], "memtracker_real")
+    with tracker, torch.no_grad():
+        tracker.mark("evaluation")
+        for _ in range(3):
+            model(torch.randn(4, 8))
+    assert tracker.result()["by_phase"]["evaluation"]["peak_bytes"] > 0

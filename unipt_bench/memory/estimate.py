@@ -223,6 +223,14 @@ class PhasedMemTracker(MemTracker):
             self._update_peak_stats(None)
         return res
 
+    def _pre_fw_hook(self, module: nn.Module, inputs: Any) -> None:
+        """An evaluation runs many batches, each a forward of the root module: each is a new MemTracker
+        iteration (MemTracker allows one per reset), so the module stats are reset before it."""
+        if (self.phase == "evaluation" and module in self.memory_tracking and not self._mod_tracker.is_bw
+                and set(self._mod_tracker.parents) - {self._mod_tracker.get_known_fqn(module)} == {"Global"}):
+            self.reset_mod_stats()
+        super()._pre_fw_hook(module, inputs)
+
     def _track(self, reftype: Any, t: torch.Tensor) -> None:
         """Track a new storage, or a known one whose size changed (MemTracker's rule, one storage per tensor)."""
         if is_traceable_wrapper_subclass(t):
