@@ -1,6 +1,7 @@
-"""Memory options that compose with any method: ReGELU2's forward and 2-bit backward by hand, checkpointed
-blocks giving the same gradients while keeping fewer activations, the options read from a suite and left out
-of the digest at their defaults, a column of their own, and estimate/cpu profiles agreeing with each option on."""
+"""Memory options that compose with any method: ReGELU2's forward and 2-bit backward by hand, MS-LayerNorm's exact
+forward and backward from its output with the saved bytes counted by hand, checkpointed blocks giving the same
+gradients while keeping fewer activations, the options read from a suite and left out of the digest at their
+defaults, a column of their own, and estimate/cpu profiles agreeing with each option on."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 from unipt_bench.backbones import create_backbone
 from unipt_bench.config import RunSpec
-from unipt_bench.errors import UserError
+from unipt_bench.errors import NotApplicable, UserError
 from unipt_bench.memory_options import (
     REGELU2_BREAKS,
     ReGELU2,
@@ -20,6 +21,7 @@ from unipt_bench.memory_options import (
     unpack_flags,
 )
 from unipt_bench.methods import create_method
+from unipt_bench.ms_layernorm import MSLayerNorm
 from unipt_bench.results import RunResult
 from unipt_bench.suite_file import SuiteReader
 
@@ -87,6 +89,9 @@ def test_options_are_read_per_configuration_and_left_out_of_the_digest_at_their_
     assert suite(tmp_path, config='checkpointing = "none"\napprox_bp = "none"')[0].digest() == plain.digest()
     (chosen,) = suite(tmp_path, top='approx_bp = "regelu2"', config='checkpointing = "blocks"')
     assert chosen.memory == {"checkpointing": "blocks", "approx_bp": "regelu2"}
+    (both,) = suite(tmp_path, top='approx_bp = "regelu2"', config='layernorm = "ms"')
+    assert RunResult(spec=both.to_dict(), status="ok", digest=both.digest()).row()["memory_options"] == \
+        "approx_bp=regelu2, layernorm=ms"
     assert chosen.digest() != plain.digest()
     assert RunSpec.from_dict(chosen.to_dict()).memory == chosen.memory
     row = RunResult(spec=chosen.to_dict(), status="ok", digest=chosen.digest()).row()
@@ -96,6 +101,7 @@ def test_options_are_read_per_configuration_and_left_out_of_the_digest_at_their_
 @pytest.mark.parametrize(("config", "message"), [
     ('checkpointing = "layers"', "checkpointing must be one of none, blocks, got 'layers'"),
     ('approx_bp = "msln"', "approx_bp must be one of none, regelu2, got 'msln'"),
+    ('layernorm = "rms"', "layernorm must be one of none, ms, got 'rms'"),
 ])
 def test_a_bad_option_is_one_line_naming_it(tmp_path, config: str, message: str) -> None:
     with pytest.raises(UserError, match=message) as info:
@@ -103,10 +109,14 @@ def test_a_bad_option_is_one_line_naming_it(tmp_path, config: str, message: str)
     assert "\n" not in str(info.value) and ":7:" in str(info.value)
 
 
-def test_estimate_and_cpu_profiles_agree_byte_for_byte_with_both_options_on() -> None:
-    spec = make_spec("full", batch=2, shape={"seq_len": 8})
-    assert_estimate_equals_cpu(RunSpec.from_dict({**spec.to_dict(), "memory": {"checkpointing": "blocks",
-                                                                                "approx_bp": "regelu2"}}))
+@pytest.mark.parametrize(("method", "memory"), [
+    ("full", {"checkpointing": "blocks", "approx_bp": "regelu2"}),
+    ("full", {"approx_bp": "regelu2", "layernorm": "ms"}),
+    ("lora", {"checkpointing": "blocks", "layernorm": "ms"}),
+])
+def test_estimate_and_cpu_profiles_agree_byte_for_byte_with_the_options_on(method: str, memory: dict) -> None:
+    spec = make_spec(method, batch=2, shape={"seq_len": 8})
+    assert_estimate_equals_cpu(RunSpec.from_dict({**spec.to_dict(), "memory": memory}))
 
 
 def test_run_sets_the_options_on_the_command_line(tmp_path, monkeypatch) -> None:
@@ -123,6 +133,11 @@ def test_run_sets_the_options_on_the_command_line(tmp_path, monkeypatch) -> None
     main()
     (stored,) = out.glob("probe/only/lora.estimate.*.json")
     assert json.loads(stored.read_text())["spec"]["memory"] == {"checkpointing": "blocks", "approx_bp": "regelu2"}
+    monkeypatch.setattr(sys, "argv", ["unipt-bench", "run", "--suite", str(tmp_path / "memory.toml"), "--mode",
+                                      "estimate", "--out", str(out), "--layernorm", "ms", "--jobs", "1"])
+    main()
+    memories = [json.loads(p.read_text())["spec"]["memory"] for p in out.glob("probe/only/lora.estimate.*.json")]
+    assert {"checkpointing": "blocks", "layernorm": "ms"} in memories
 
 
 @pytest.mark.parametrize(("method", "reason"), [("prompt", "state that lives only during the forward"),
@@ -134,3 +149,107 @@ def test_checkpointing_refuses_the_methods_it_cannot_compose_with(method: str, r
     tuned = create_method(method)
     with pytest.raises(NotApplicable, match=f"does not compose with {method}: .*{reason}"):
         apply_memory_options(tuned.apply(bb, 16), bb, {"checkpointing": "blocks"}, tuned)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5)])
+def test_ms_layernorm_is_layernorm_forward_and_backward_in_float64(shape: tuple[int, ...]) -> None:
+    """Same output as nn.LayerNorm, and the same gradients for the input, weight and bias, although backward only
+    sees the output and rstd."""
+    torch.manual_seed(0)
+    exact = torch.nn.LayerNorm(shape, dtype=torch.float64)
+    with torch.no_grad():
+        exact.weight.uniform_(0.5, 1.5)
+        exact.bias.normal_()
+    x = torch.randn(4, 6, *shape, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(4, 6, *shape, dtype=torch.float64)
+    results = []
+    for norm in (exact, MSLayerNorm(exact)):
+        norm.zero_grad()
+        x.grad = None
+        y = norm(x)
+        y.backward(grad)
+        results.append((y.detach(), x.grad, norm.weight.grad.clone(), norm.bias.grad.clone()))
+    for want, got in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_ms_layernorm_saves_only_its_output_and_rstd() -> None:
+    saved = []
+    norm = MSLayerNorm(torch.nn.LayerNorm(8))
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = norm(x)
+    activations = [t for t in saved if t is not norm.weight and t is not norm.bias]
+    assert [tuple(t.shape) for t in activations] == [(3, 5, 8), (3, 5, 1)]
+    assert activations[0].untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "bitfit"])
+def test_ms_layernorm_towers_give_the_exact_output_and_gradients(method: str) -> None:
+    """A float64 tiny BERT with every LayerNorm swapped: the same output and the same gradient on every
+    trainable parameter (the LayerNorms' own under full fine-tuning and BitFit) as the exact model."""
+    results = []
+    for options in ({}, {"layernorm": "ms"}):
+        torch.manual_seed(0)
+        bb = create_backbone("tiny-bert").eval()
+        tuned = create_method(method)
+        tower = tuned.apply(bb, 16).double()
+        for name, p in tower.named_parameters():  # nonzero LoRA B, so its path counts in the check
+            if "lora_B" in name:
+                torch.nn.init.normal_(p)
+        apply_memory_options(tower, bb, options, tuned)
+        out = tower(bb.dummy_inputs(2, seq_len=8)).last
+        out.pow(2).sum().backward()
+        results.append((out.detach(), {n: p.grad for n, p in tower.named_parameters() if p.requires_grad}))
+    (plain, plain_grads), (ms, ms_grads) = results
+    assert sum(isinstance(m, MSLayerNorm) for m in tower.modules()) == 1 + 2 * bb.num_layers
+    torch.testing.assert_close(ms, plain, rtol=0, atol=1e-12)
+    assert ms_grads.keys() == plain_grads.keys()
+    for name, want in plain_grads.items():
+        torch.testing.assert_close(ms_grads[name], want, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def saved_activation_bytes(method: str, options: dict[str, str], batch: int, seq_len: int) -> int:
+    """Bytes of the distinct non-parameter storages a tiny-BERT tower saves for backward in one forward
+    (with the loss's own), in eval mode so dropout hands its input on."""
+    torch.manual_seed(0)
+    bb = create_backbone("tiny-bert").eval()
+    tuned = create_method(method)
+    tower = tuned.apply(bb, 16)
+    apply_memory_options(tower, bb, options, tuned)
+    params = {p.untyped_storage().data_ptr() for p in tower.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in params:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        tower(bb.dummy_inputs(batch, seq_len=seq_len)).last.pow(2).sum().backward()
+    return sum(storages.values())
+
+
+def test_ms_layernorm_saves_the_expected_bytes_on_a_tiny_bert() -> None:
+    """tiny-bert (2 layers, width 32), batch 2, 8 tokens, float32. An exact LayerNorm keeps its input x [B, L, D]
+    and its mean and rstd [B, L, 1]; MS-LayerNorm keeps its output and rstd. Where the next layer keeps the output
+    anyway, x and the mean are saved: 4 B (D + 1) per row; elsewhere only the mean: 4 B per row.
+    Full fine-tuning: all 5 LayerNorms (embeddings, then 2 per layer) feed a trainable Linear or the loss.
+    LoRA on query/value: the embeddings' LayerNorm sees no tensor that needs a gradient (nothing saved either
+    way); each layer's output LayerNorm feeds the next layer's LoRA factors (or the loss); each attention-output
+    LayerNorm feeds the frozen intermediate Linear only, which keeps no input."""
+    batch, tokens, width, rows = 2, 8, 32, 2 * 8
+    expected = {"full": 5 * rows * 4 * (width + 1), "lora": 2 * rows * 4 * (width + 1) + 2 * rows * 4}
+    for method, saving in expected.items():
+        plain = saved_activation_bytes(method, {}, batch, tokens)
+        assert plain - saved_activation_bytes(method, {"layernorm": "ms"}, batch, tokens) == saving, method
+
+
+def test_ms_layernorm_refuses_a_weight_with_a_zero() -> None:
+    bb = create_backbone("tiny-bert")
+    tuned = create_method("lora")
+    tower = tuned.apply(bb, 16)
+    with torch.no_grad():
+        next(m for m in tower.modules() if isinstance(m, torch.nn.LayerNorm)).weight[3] = 0.0
+    with pytest.raises(NotApplicable, match="weight equal to zero"):
+        apply_memory_options(tower, bb, {"layernorm": "ms"}, tuned)

@@ -1,5 +1,5 @@
 """Memory options that compose with any method: activation checkpointing of the backbone's blocks, and
-Approx-BP's activation-light GELU (ReGELU2).
+Approx-BP's activation-light GELU (ReGELU2) and memory-sharing LayerNorm (MS-LayerNorm).
 
 - `checkpointing = "blocks"`: each block of the backbone (its Blocks capability) runs under
   torch.utils.checkpoint (non-reentrant): the forward keeps only each block's inputs, and the block's
@@ -9,8 +9,12 @@ Approx-BP's activation-light GELU (ReGELU2).
   ICML 2024; code github.com/yyyyychen/LowMemoryBP, commit bb2980f): the forward is GELU,
   the backward uses the derivative of a 3-piece ReLU combination, so backward needs only which of four
   intervals each input fell in: 2 bits per element, 4 elements packed per byte, instead of the input.
-  Approx-BP's MS-LayerNorm (which also needs each LayerNorm's affine merged into the following layer)
-  is not offered.
+- `layernorm = "ms"`: every nn.LayerNorm of the tuned tower becomes Approx-BP's MS-LayerNorm (ms_layernorm.py):
+  the same forward and exact gradients, but backward needs only the output (which the following layer keeps
+  anyway) and one rstd per row, instead of the input, mean and rstd. The official code merges each affine into
+  the following linears instead; keeping the affine and inverting it in backward keeps the same bytes and the
+  original parameters. A separate option, not an approx_bp value: the two compose freely, as in the official
+  RoBERTa runs (experiments/roberta_exp/run_glue.py:462-468: mergeln, activation, activation_and_mergeln).
 Values other than the defaults ("none") are recorded in RunSpec.memory, so they enter the spec's digest.
 docs/methods.md §Memory options.
 """
@@ -27,8 +31,9 @@ from torch.utils.checkpoint import checkpoint
 from .backbones.base import Backbone, Blocks
 from .errors import NotApplicable, UserError
 from .methods.base import Method
+from .ms_layernorm import replace_layernorms
 
-CHOICES = {"checkpointing": ("none", "blocks"), "approx_bp": ("none", "regelu2")}
+CHOICES = {"checkpointing": ("none", "blocks"), "approx_bp": ("none", "regelu2"), "layernorm": ("none", "ms")}
 DEFAULTS = {name: values[0] for name, values in CHOICES.items()}
 
 # ReGELU2's backward slopes a_k and breakpoints c_k: lomem/csrc/regelu2_cuda.cu:8-9. The derivative is
@@ -128,3 +133,5 @@ def apply_memory_options(tower: nn.Module, backbone: Backbone, options: dict[str
         checkpoint_blocks(backbone)
     if options.get("approx_bp") == "regelu2":
         replace_gelus(tower)
+    if options.get("layernorm") == "ms" and not replace_layernorms(tower):
+        raise NotApplicable("layernorm = \"ms\": the tuned tower has no nn.LayerNorm to replace")

@@ -224,7 +224,7 @@ class SuiteReader:
         return attention
 
     def read_memory_options(self, config: dict[str, Any], defaults: dict[str, Any], what: str) -> dict[str, str]:
-        """The memory options (checkpointing, approx_bp) of a configuration or the suite's defaults; only
+        """The memory options (checkpointing, approx_bp, layernorm) of a configuration or the suite's defaults; only
         values other than the default are kept, so specs without them keep their digests."""
         given = {key: config.get(key, defaults.get(key)) for key in MEMORY_CHOICES if key in config or key in defaults}
         try:

@@ -56,13 +56,15 @@ def gpu_visible() -> bool:
               help="Activation checkpointing of the backbone's blocks instead of the suite's (recorded in the spec).")
 @click.option("--approx-bp", type=click.Choice(["none", "regelu2"]), default=None,
               help="Approx-BP's ReGELU2 in place of exact GELUs instead of the suite's (recorded in the spec).")
+@click.option("--layernorm", type=click.Choice(["none", "ms"]), default=None,
+              help="Approx-BP's MS-LayerNorm in place of LayerNorms instead of the suite's (recorded in the spec).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Runs at once (default: every core in estimate mode, one per visible GPU in cuda mode, 1 in cpu mode).")
 @launcher_options
 def run(suite: str, mode: str, methods: str | None, out: str, force: bool, busy_threshold: str,
         memory_snapshot: bool, calibrate: bool, nvml_interval: float, data_root: str, trackers: str | None,
         job: str, configs: str | None, max_steps: int | None, batch: int | None, eval_every: int | None,
-        checkpointing: str | None, approx_bp: str | None, jobs: int | None, launch: LaunchSettings) -> None:
+        checkpointing: str | None, approx_bp: str | None, layernorm: str | None, jobs: int | None, launch: LaunchSettings) -> None:
     """Profile every run of a suite and store one JSON result per run."""
     from ..atomic import check_writable_dir
     from ..config import RunSpec
@@ -92,7 +94,8 @@ def run(suite: str, mode: str, methods: str | None, out: str, force: bool, busy_
     planned = plan(chosen, job, Path(data_root), gpu_visible(), Overrides(max_steps, batch, eval_every))
     check_data(planned.specs, Path(data_root))
     mode, why = resolve_mode(mode, trains=planned.trains)
-    memory = {k: v for k, v in (("checkpointing", checkpointing), ("approx_bp", approx_bp)) if v is not None}
+    given = {"checkpointing": checkpointing, "approx_bp": approx_bp, "layernorm": layernorm}
+    memory = {k: v for k, v in given.items() if v is not None}
     specs = [RunSpec.from_dict({**s.to_dict(), "mode": mode, "memory": check_memory({**s.memory, **memory}, "run")})
              for s in planned.specs]
     check_writable_dir(out, "--out")
