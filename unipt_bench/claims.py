@@ -3,7 +3,8 @@
 A record names its source, table, setting, metric and claimed value, and the suite configuration that
 reproduces the setting (a built-in suite or a suite file beside the record, a config and two method labels).
 The measured value is numerator / denominator of the metric's bytes; a claim is reproduced when the measured
-value lies within 15% of the claimed one.
+value lies within 15% of the claimed one. `check_claims` measures the runs; `stored_claims` reads them from a
+result store instead (the report and the leaderboard), so rendering never runs anything.
 """
 
 from __future__ import annotations
@@ -12,16 +13,20 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import RunSpec
 from .errors import NotApplicable, UserError
+
+if TYPE_CHECKING:
+    from .results import RunResult
 
 TOLERANCE = 0.15  # relative: |measured / claimed - 1| <= 15% reproduces a claim
 METRICS = {  # what a claim's ratio divides: the mode's peak, or the activation bytes at that peak
     "peak": lambda memory: memory["peak_bytes"],
     "activations": lambda memory: memory["by_category"]["activations"],
 }
+MODES = ("estimate", "cpu", "cuda")  # a claim's stored runs are looked up in each
 FIELDS = {"source": str, "table": str, "setting": str, "claim": str, "metric": str, "claimed": float,
           "suite": str, "config": str, "numerator": str, "denominator": str}
 
@@ -46,6 +51,19 @@ class Claim:
     def suite_path(self) -> str:
         beside = self.path.parent / self.suite
         return str(beside) if beside.suffix == ".toml" else self.suite
+
+    def suite_name(self) -> str:
+        """The name its runs are stored under: a built-in suite's, or the `name` a suite file declares."""
+        path = self.suite_path()
+        if not path.endswith(".toml"):
+            return path
+        try:
+            name = tomllib.loads(Path(path).read_text()).get("name")
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UserError(f"claim {self.name}: cannot read suite {self.suite}: {exc}") from None
+        if not isinstance(name, str):
+            raise UserError(f"claim {self.name}: suite {self.suite} declares no name")
+        return name
 
     def specs(self, mode: str) -> tuple[RunSpec, RunSpec]:
         """The two runs of the ratio, in `mode` (read from the suite: options checked as for `run`)."""
@@ -106,14 +124,20 @@ def verdict(claimed: float, measured: float) -> str:
     return "reproduced" if abs(measured / claimed - 1) <= TOLERANCE else "not reproduced"
 
 
+def claim_row(claim: Claim) -> dict[str, Any]:
+    """What a claim's row shows before anything is measured."""
+    return {"claim": claim.name, "source": claim.source, "table": claim.table, "setting": claim.setting,
+            "metric": f"{claim.metric}, {claim.numerator} / {claim.denominator}", "claimed": claim.claimed,
+            "suite": claim.suite_name(), "config": claim.config}
+
+
 def check_claims(claims: list[Claim], mode: str,
                  measure: Callable[[RunSpec], dict[str, Any]]) -> list[dict[str, Any]]:
     """Measure every claim (each distinct run once: `measure(spec)` returns the primary counter's figures)."""
     measured: dict[str, dict[str, Any]] = {}
     rows = []
     for claim in claims:
-        row = {"claim": claim.name, "source": claim.source, "table": claim.table, "setting": claim.setting,
-               "metric": f"{claim.metric}, {claim.numerator} / {claim.denominator}", "claimed": claim.claimed}
+        row = {**claim_row(claim), "mode": mode}
         try:
             figures = []
             for spec in claim.specs(mode):
@@ -126,3 +150,61 @@ def check_claims(claims: list[Claim], mode: str,
         value = figures[0] / figures[1]
         rows.append({**row, "measured": value, "verdict": verdict(claim.claimed, value)})
     return rows
+
+
+def stored_claims(claims: list[Claim], latest: Callable[[str], dict[str, RunResult]]) -> list[dict[str, Any]]:
+    """Each claim's verdict from stored results, one row per mode whose two profile runs are both in the store
+    (`latest(suite)`: ResultStore.latest, newest result per run key); nothing is run. A claim with no such
+    pair is one row "not measured", its measured value None and a note saying which runs are missing or why
+    they did not count (not ok, memory options set: the claim's setting has none)."""
+    rows = []
+    for claim in claims:
+        found = latest(claim.suite_name())
+        row, notes, measured = claim_row(claim), [], []
+        for mode in MODES:
+            pair = [found.get(f"{claim.config}/{label}/{mode}") for label in (claim.numerator, claim.denominator)]
+            if pair == [None, None]:
+                continue
+            value, note = stored_ratio(claim, pair, mode)
+            if value is None:
+                notes.append(note)
+            else:
+                measured.append({**row, "mode": mode, "measured": value, "verdict": verdict(claim.claimed, value)})
+        if measured:
+            rows += measured
+            continue
+        note = "; ".join(notes) or (f"runs {claim.config}/{claim.numerator} and {claim.config}/{claim.denominator} "
+                                    f"of suite {row['suite']} are not in the store")
+        rows.append({**row, "mode": None, "measured": None, "verdict": "not measured", "note": note})
+    return rows
+
+
+def stored_ratio(claim: Claim, pair: list[RunResult | None], mode: str) -> tuple[float | None, str]:
+    """numerator / denominator of the claim's metric from two stored results, or None and why not."""
+    figures = []
+    for label, result in zip((claim.numerator, claim.denominator), pair, strict=True):
+        if result is None:
+            return None, f"{mode}: no run {claim.config}/{label}"
+        if result.status != "ok":
+            return None, f"{mode}: {label} is {result.status.replace('_', ' ')}" + (
+                f" ({result.message})" if result.message else "")
+        if result.spec.get("memory"):
+            return None, f"{mode}: {label} ran with memory options, which the claim's setting does not set"
+        try:
+            figures.append(METRICS[claim.metric](result.primary_memory() or {}))
+        except KeyError:
+            return None, f"{mode}: {label} stored no {claim.metric} figure"
+    if not figures[1]:
+        return None, f"{mode}: {claim.denominator} stored 0 bytes"
+    return figures[0] / figures[1], ""
+
+
+def store_claims(store_latest: Callable[[str], dict[str, RunResult]]) -> list[dict[str, Any]]:
+    """stored_claims over the built-in records, each suite read from the store once; [] where this installation
+    has no claims folder (a report renders without it)."""
+    try:
+        claims = read_claims(builtin_claims_dir())
+    except UserError:
+        return []
+    cache: dict[str, dict[str, RunResult]] = {}
+    return stored_claims(claims, lambda suite: cache.setdefault(suite, store_latest(suite)))

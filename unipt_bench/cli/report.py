@@ -20,6 +20,7 @@ from .common import skipped_note, suite_name, warn_skipped
 def report(suite: str, results_dir: str, out_file: str | None) -> None:
     """Render one self-contained HTML report of a suite's stored results."""
     from ..atomic import check_writable_file, is_stream, write_atomic
+    from ..claims import store_claims
     from ..report.render import render_report, suite_description
     from ..results import ResultStore
 
@@ -32,5 +33,6 @@ def report(suite: str, results_dir: str, out_file: str | None) -> None:
         raise UserError(f"no results for suite {name!r} in {results_dir}{skipped_note(store)}; "
                         f"run: unipt-bench run --suite {suite}")
     warn_skipped(store)
-    write_atomic(path, render_report(name, found, results_dir, suite_description(found)))
+    claims = [row for row in store_claims(store.latest) if row["suite"] == name]  # this suite's settings only
+    write_atomic(path, render_report(name, found, results_dir, suite_description(found), claims=claims))
     click.echo(f"wrote {path} ({len(found)} results)", err=is_stream(path))  # stdout may hold the report

@@ -56,17 +56,22 @@ def now() -> str:
 
 
 def render_report(suite: str, results: list[RunResult], store: str, description: str = "",
-                  with_figures: bool = True) -> str:
+                  with_figures: bool = True, claims: list[dict[str, Any]] | None = None) -> str:
+    """`claims`: the rows of claims.stored_claims whose setting is in this suite (a section when any)."""
     views = table_views(results, with_figures)
     ordered = sorted(results, key=lambda r: r.display_order)
     return environment().get_template("report.html.j2").render(
         suite=suite, description=description, results=ordered, views=views, store=store, generated=now(),
+        claims=claims or [],
     )
 
 
-def render_leaderboard(rows: list[dict[str, Any]], suites: list[str], store: str) -> str:
+def render_leaderboard(rows: list[dict[str, Any]], suites: list[str], store: str,
+                       claims: list[dict[str, Any]] | None = None) -> str:
+    """`claims`: claims.stored_claims rows, shown when at least one claim was measured from the store."""
+    shown = claims if claims and any(c["measured"] is not None for c in claims) else []
     return environment().get_template("leaderboard.html.j2").render(
-        rows=rows, suites=suites, store=store, generated=now()
+        rows=rows, suites=suites, store=store, generated=now(), claims=shown,
     )
 
 
