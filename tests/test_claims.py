@@ -26,9 +26,9 @@ def record(claimed: float, **fields: str) -> str:
     return "".join(f'{k} = "{v}"\n' for k, v in values.items()) + f"claimed = {claimed}\n"
 
 
-def test_the_built_in_claims_are_at_least_eight_well_formed_records() -> None:
+def test_the_built_in_claims_are_at_least_twelve_well_formed_records() -> None:
     claims = read_claims(builtin_claims_dir())
-    assert len(claims) >= 8
+    assert len(claims) >= 12
     assert all(c.claimed > 0 and c.numerator != c.denominator for c in claims)
 
 
