@@ -56,6 +56,21 @@ def test_a_wider_text_encoder_gets_its_own_up_projection_and_only_its_first_laye
     assert len(tower.side.lea) == 2
 
 
+def test_paper_scale_counts_match_the_official_modules() -> None:
+    """MDETR (D = 256, Dt = 768, L = 6), m = 128: per layer the official ShareAdapter 33,024, vis_downsample
+    32,896, text_downsample + text_upsample 164,480, Adapter_vis 66,944 and Adapter_text 200,576 less their
+    unused cross-modal LayerNorms (512, 1,536); then Pv, Pt and the decoder as the fusion."""
+    method = create_method("m2ist")
+    with torch.device("meta"):
+        bb = create_backbone("mdetr")
+        expected = method.closed_form_trainable(bb, 256)
+        tower = method.apply(bb, 256)
+    adapters = 6 * (33_024 + 32_896 + 164_480 + (66_944 - 512) + (200_576 - 1_536))
+    assert sum(p.numel() for m in (tower.side.mia, tower.side.vea, tower.side.lea) for p in m.parameters()) == adapters
+    decoder = 6 * (8 * (256 * 256 + 256) + 3 * 512 + (256 * 2048 + 2048) + (2048 * 256 + 256)) + 512 + 100 * 256
+    assert trainable(tower) == expected == adapters + (256 * 256 + 256) + (768 * 256 + 256) + decoder == 12_736_512
+
+
 def test_other_kinds_and_too_small_text_encoders_are_refused() -> None:
     for name in ("tiny-bert", "tiny-clip-frames", "tiny-resnext", "tiny-joint"):
         with pytest.raises(NotApplicable, match="no design .* m2ist is a side-tuning design"):
