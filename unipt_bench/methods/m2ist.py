@@ -184,7 +184,7 @@ class M2IST(Method):
 
     module_names = ("side",)
     kinds = frozenset({"encdec"})
-    side = True
+    side = False  # the encoders run under no_grad, but the decoder (part of the backbone) trains with gradients
     bottleneck: int = bounded(128, at_least=1)  # m: Linear(256, 128), Linear(768, 128), ShareAdapter(d_model=128),
     # bottleneck=128 (models/visual_model/transformer.py:208, 372; models/language_model/med.py:278;
     # models/trans_vg_lt.py:23; models/language_model/bert_lt.py:41)
@@ -208,9 +208,6 @@ class M2IST(Method):
     def build(self, backbone: Backbone, out_dim: int) -> nn.Module:
         side = M3ISA(backbone.width, backbone.text.width, len(backbone.encoder), self.bottleneck)
         return M2ISTTuned(backbone, side)
-
-    def output_width(self, backbone: Backbone, out_dim: int) -> int:
-        return backbone.width  # the decoder's states: width D
 
     def closed_form_trainable(self, backbone: Backbone, out_dim: int) -> int:
         """Per adapted layer (L of them): MIA Dv (D m + m) + Dt (Dt m + m) + U (m D + D) + Ut (m (Dt - D) +
