@@ -144,7 +144,9 @@ class MDETR(Backbone):
         return (self.vision.bias_count() + self.text.bias_count() + 3 * d + layers * (7 * d + f)
                 + layers * (12 * d + f) + d)
 
-    def forward(self, inputs: dict[str, torch.Tensor], all_hidden: bool = False) -> EncDecOutput:
+    def encode(self, inputs: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The joint encoder: its states h_0..h_L [B, S = h*w + T, D] (image tokens, then text tokens), the
+        positions [B, S, D] (text tokens get none) and the memory mask [B, S]."""
         grid = self.input_proj(self.vision(inputs).hidden[-1])  # [B, D, h, w]
         b, _, h, w = grid.shape
         text_mask = inputs["attention_mask"]
@@ -157,15 +159,25 @@ class MDETR(Backbone):
         for layer in self.encoder:
             x = layer(x, pos, mask)
             encoder_states.append(x)
-        query_pos = self.query_embed.weight[None].expand(b, -1, -1)  # [B, Q, D]
+        return encoder_states, pos, mask
+
+    def decode(self, memory: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        """The query decoder over `memory` [B, S, D]: the query embeddings, then each layer's output after the
+        decoder norm, [B, Q, D] each."""
+        query_pos = self.query_embed.weight[None].expand(memory.shape[0], -1, -1)  # [B, Q, D]
         y = torch.zeros_like(query_pos)
         decoder_states = [query_pos]
         for layer in self.decoder:
-            y = layer(y, x, query_pos, pos, mask)
+            y = layer(y, memory, query_pos, pos, mask)
             decoder_states.append(self.decoder_norm(y))
+        return decoder_states
+
+    def forward(self, inputs: dict[str, torch.Tensor], all_hidden: bool = False) -> EncDecOutput:
+        encoder_states, pos, mask = self.encode(inputs)
+        decoder_states = self.decode(encoder_states[-1], pos, mask)
         predictions = tuple(decoder_states[1:])  # each layer's output feeds the heads (auxiliary losses)
         return EncDecOutput(
-            hidden=tuple(encoder_states) if all_hidden else (x,), last=predictions[-1], mask=None,
+            hidden=tuple(encoder_states) if all_hidden else (encoder_states[-1],), last=predictions[-1], mask=None,
             memory_mask=mask, decoder_hidden=tuple(decoder_states) if all_hidden else (), predictions=predictions,
         )
 
