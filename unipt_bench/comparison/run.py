@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from .accuracy import trained_scores
 from .analysis import MethodRow, analyse, comparison_axes
 from .front import front_members
 from .request import Request
-from .shape_memory import ShapeMemory, Tracer, shape_memory
+from .shape_memory import Shape, ShapeMemory, Tracer, line_curves, shape_memory
 from .suite import suite_specs, suite_text
 
 
@@ -33,8 +35,7 @@ class Comparison:
 def run_comparison(request: Request, jobs: int = 1, store: str | Path | None = None, limit: int = 4096,
                    isolate: bool = True,
                    on_start: Callable[[RunSpec], None] = lambda spec: None,
-                   on_done: Callable[[RunSpec, MethodRow], None] = lambda spec, row: None,
-                   curve_maker: Callable[[RunSpec, list[str]], Any] | None = None) -> Comparison:
+                   on_done: Callable[[RunSpec, MethodRow], None] = lambda spec, row: None) -> Comparison:
     """Trace and analyse every method; full fine-tuning is the reference every crossing is measured against.
     isolate=False traces in this process (estimates only leave nothing behind; tests use it to save the
     child process's start)."""
@@ -44,15 +45,17 @@ def run_comparison(request: Request, jobs: int = 1, store: str | Path | None = N
     text = suite_text(request)
     specs = suite_specs(text, request.mode)
     tracer = Tracer()
-    axes = [name for axis in comparison_axes(request) for name in axis.names]
+    asked: Shape = {"batch": request.batch, **request.axes()}
+    lines = [["batch"], *(list(axis.names) for axis in comparison_axes(request))]
     estimates = {s.label: RunSpec.from_dict({**s.to_dict(), "mode": "estimate"}) for s in specs}
+    curves = CurveBuilds(estimates, lines, jobs, isolate) if request.mode == "estimate" else None
     memories: dict[str, ShapeMemory] = {}
     building = threading.Lock()
 
     def memory_of(label: str) -> ShapeMemory:
         with building:  # full's memory is asked for by every lane: built once
             if label not in memories:
-                memories[label] = shape_memory(estimates[label], axes, tracer, curve_maker)
+                memories[label] = shape_memory(estimates[label], asked, tracer, curves.get(label) if curves else None)
             return memories[label]
 
     full_label = next((s.label for s in specs if s.method == "full"), None)
@@ -68,8 +71,12 @@ def run_comparison(request: Request, jobs: int = 1, store: str | Path | None = N
         on_done(spec, row)
 
     lanes = [Lane(isolate) for _ in range(max(1, jobs))]
-    serve_lanes(specs, lanes, work, finish, on_start, interrupted=lambda spec: None,
-                crashed=lambda spec, exc: error_row(spec, exc))
+    try:
+        serve_lanes(specs, lanes, work, finish, on_start, interrupted=lambda spec: None,
+                    crashed=lambda spec, exc: error_row(spec, exc))
+    finally:
+        if curves is not None:
+            curves.close()
     comparison = Comparison(request, text, [rows[s.label] for s in specs if s.label in rows])
     on_front = front_members(comparison.table())
     scores = trained_scores(store, specs) if store is not None else {}
@@ -80,6 +87,28 @@ def run_comparison(request: Request, jobs: int = 1, store: str | Path | None = N
     comparison.seconds = round(time.perf_counter() - started, 1)
     comparison.traces = tracer.traces
     return comparison
+
+
+class CurveBuilds:
+    """Every method's line curves (shape_memory.line_curves), built ahead in `jobs` child processes (in this
+    thread with isolate=False), full fine-tuning's first: each lane waits only for the method it analyses."""
+
+    def __init__(self, specs: dict[str, RunSpec], lines: list[list[str]], jobs: int, isolate: bool) -> None:
+        self.specs, self.lines = specs, lines
+        order = sorted(specs, key=lambda label: specs[label].method != "full")
+        self.pool = None
+        if isolate:
+            self.pool = ProcessPoolExecutor(max(1, jobs), mp_context=multiprocessing.get_context("spawn"))
+            self.futures = {label: self.pool.submit(line_curves, specs[label].to_dict(), lines) for label in order}
+
+    def get(self, label: str) -> list[dict[str, Any]] | str:
+        if self.pool is None:
+            return line_curves(self.specs[label].to_dict(), self.lines)
+        return self.futures[label].result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def error_row(spec: RunSpec, exc: Exception) -> MethodRow:

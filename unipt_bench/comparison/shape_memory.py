@@ -141,35 +141,63 @@ def secant_search(measure: Callable[[int], int | None], budget: int, start: int,
     return bracket[0] or None
 
 
-class CurveMemory:
-    """A method's exact memory curve (unipt_bench.curves), evaluated instead of traced."""
+class LineMemory:
+    """A method's exact memory curves along the lines through the asked shape: one over the batch (the asked
+    lengths) and one per length axis (the asked batch), evaluated instead of traced. A shape off these lines,
+    or on a line whose curve is not exact, is traced (`traced`)."""
 
-    def __init__(self, curve: Any) -> None:
-        self.curve = curve
-        self.source = "curve" if curve.exact else f"traces ({curve.fallback_reason})"
+    def __init__(self, asked: Shape, curves: list[Any], traced: TracedMemory) -> None:
+        self.asked, self.curves, self.traced = asked, curves, traced
+        inexact = [c for c in curves if not c.exact]
+        self.source = f"traces ({inexact[0].fallback_reason})" if inexact else "curve"
+
+    def curve_for(self, shape: Shape) -> Any | None:
+        """The exact curve whose line holds `shape` (None: off every line, or on an inexact one)."""
+        differs = {axis for axis, value in shape.items() if self.asked.get(axis) != value}
+        return next((c for c in self.curves if differs <= set(c.axes)), None)
 
     def peak(self, shape: Shape) -> int | None:
+        curve = self.curve_for(shape)
+        if curve is None or not curve.exact:
+            return self.traced.peak(shape)
         try:
-            return self.curve.at(**shape)["peak_bytes"]
+            return curve.at(**{axis: shape[axis] for axis in curve.axes})["peak_bytes"]
         except (ValueError, RuntimeError) as exc:  # a shape off the curve, traced, that the model cannot take
             raise ShapeError(str(exc).splitlines()[0]) from None
 
     def max_batch(self, budget: int, shape: Shape, limit: int) -> int | None:
-        fixed = {axis: value for axis, value in shape.items() if axis != "batch"}
-        best = self.curve.max_fitting("batch", budget, limit=limit, **fixed)
+        curve = self.curve_for({**shape, "batch": self.asked["batch"]})
+        if curve is None or not curve.exact or curve.axes != ["batch"]:
+            return self.traced.max_batch(budget, shape, limit)
+        best = curve.max_fitting("batch", budget, limit=limit)
         return None if best is None else min(best, limit)
 
 
-def shape_memory(spec: RunSpec, axes: list[str], tracer: Tracer,
-                 curve_maker: Callable[[RunSpec, list[str]], Any] | None = None) -> ShapeMemory:
-    """The method's memory over `axes` (besides the batch): its exact curve in estimate mode, else (cuda, or a
-    model that cannot take the curve's grid of shapes, e.g. a ViT whose position embeddings fix its image
-    size) traced shape by shape."""
-    if spec.mode == "estimate":
-        from ..curves import memory_curve
+def line_curves(spec_data: dict[str, Any], lines: list[list[str]]) -> list[dict[str, Any]] | str:
+    """The curves of `spec` along each line (a list of axes varied together from the spec's shape), sharing
+    their traces; JSON-ready (MemoryCurve.to_dict), or why no curve can be built. The batch curve is verified
+    at the spec's own batch, a shape the length curves trace anyway."""
+    from ..curves import TraceCache, memory_curve, verify
 
-        try:
-            return CurveMemory((curve_maker or memory_curve)(spec, ["batch", *axes]))
-        except (ValueError, RuntimeError, UserError, NotApplicable):  # the traced runs say why
-            pass
-    return TracedMemory(spec, tracer)
+    spec = RunSpec.from_dict(spec_data)
+    cache = TraceCache()
+    try:
+        curves = [memory_curve(spec, axes, cache, verified=axes != ["batch"]) for axes in lines]
+        for curve in curves:
+            if curve.axes == ["batch"] and curve.exact:
+                verify(curve, {"batch": spec.batch})
+    except (ValueError, RuntimeError, UserError, NotApplicable) as exc:  # the traced runs say why
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return [curve.to_dict() for curve in curves]
+
+
+def shape_memory(spec: RunSpec, asked: Shape, tracer: Tracer, curves: list[dict[str, Any]] | str | None) -> ShapeMemory:
+    """The method's memory over the asked shape's lines: its exact curves in estimate mode (`line_curves`, built
+    by the caller), else (cuda, or a model that cannot take the curves' grid of shapes, e.g. a ViT whose
+    position embeddings fix its image size) traced shape by shape."""
+    from ..curves import MemoryCurve
+
+    traced = TracedMemory(spec, tracer)
+    if spec.mode != "estimate" or not isinstance(curves, list):
+        return traced
+    return LineMemory(asked, [MemoryCurve.from_dict(c) for c in curves], traced)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..ops import masked_mean, pooled_index
+from .position_gru import position_gru
 
 
 def sinusoid_positions(length: int, dim: int, device: torch.device) -> torch.Tensor:
@@ -26,7 +27,8 @@ class GPO(nn.Module):
 
     A small bi-GRU over position encodings scores each rank; features are sorted per dimension
     (descending), weighted by softmax(score / 0.1) and summed. Runs the GRU over the padded length
-    and masks padded ranks (the reference packs sequences instead).
+    and masks padded ranks (the reference packs sequences instead): every row's GRU input is then the
+    same, so the GRU runs once, as one fused op (position_gru.py).
     """
 
     def __init__(self, d_pe: int = 32, d_hidden: int = 32) -> None:
@@ -37,9 +39,9 @@ class GPO(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:  # x: [B, N, E]
         b, n, _ = x.shape
-        pe = sinusoid_positions(n, self.d_pe, x.device).to(x.dtype).expand(b, n, self.d_pe)  # [B, N, d_pe]
-        both, _ = self.gru(pe)  # [B, N, 2 * d_hidden]
-        rank_scores = self.score((both[..., : self.d_hidden] + both[..., self.d_hidden :]) / 2)  # [B, N, 1]
+        pe = sinusoid_positions(n, self.d_pe, x.device).to(x.dtype)  # [N, d_pe], the same for every row
+        both = position_gru(self.gru, pe)  # [N, 2 * d_hidden]
+        rank_scores = self.score((both[:, : self.d_hidden] + both[:, self.d_hidden :]) / 2).expand(b, n, 1)  # [B, N, 1]
         if mask is not None:
             lengths = mask.sum(dim=1, keepdim=True)  # [B, 1]
             valid_rank = (torch.arange(n, device=x.device)[None, :] < lengths)[:, :, None]  # [B, N, 1]
