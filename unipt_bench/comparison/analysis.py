@@ -105,7 +105,7 @@ def crossing(method: ShapeMemory, full: ShapeMemory, axis: Axis, shape: Shape) -
 def analyse(spec: RunSpec, request: Request, tracer: Tracer, memory: ShapeMemory, full: ShapeMemory | None,
             limit: int) -> MethodRow:
     """Every figure of one method; traces what it must through `tracer` (the caller's lane)."""
-    started, traces_before = time.perf_counter(), tracer.traces
+    started, traces_before = time.perf_counter(), tracer.lane_traces
     shape: Shape = {"batch": request.batch, **request.axes()}
     result = tracer.result(spec)
     row = MethodRow(at_shape(result.status, result, spec, request.budget_bytes))
@@ -145,7 +145,7 @@ def analyse(spec: RunSpec, request: Request, tracer: Tracer, memory: ShapeMemory
             except ShapeError as exc:
                 notes.append(f"{axis.key} cannot vary: {exc}")
     values["note"] = "; ".join(notes) or None
-    values["traces"] = tracer.traces - traces_before
+    values["traces"] = tracer.lane_traces - traces_before + memory.curve_traces
     values["seconds"] = round(time.perf_counter() - started, 1)
     return row
 

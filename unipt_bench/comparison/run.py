@@ -85,7 +85,7 @@ def run_comparison(request: Request, jobs: int = 1, store: str | Path | None = N
         row.values["on_front"] = label in on_front
         row.values.update(scores.get(label, {"accuracy": None, "accuracy_metric": None, "accuracy_run": None}))
     comparison.seconds = round(time.perf_counter() - started, 1)
-    comparison.traces = tracer.traces
+    comparison.traces = tracer.traces + sum(memory.curve_traces for memory in memories.values())
     return comparison
 
 
@@ -101,7 +101,7 @@ class CurveBuilds:
             self.pool = ProcessPoolExecutor(max(1, jobs), mp_context=multiprocessing.get_context("spawn"))
             self.futures = {label: self.pool.submit(line_curves, specs[label].to_dict(), lines) for label in order}
 
-    def get(self, label: str) -> list[dict[str, Any]] | str:
+    def get(self, label: str) -> dict[str, Any] | str:
         if self.pool is None:
             return line_curves(self.specs[label].to_dict(), self.lines)
         return self.futures[label].result()

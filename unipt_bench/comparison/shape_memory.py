@@ -50,7 +50,7 @@ class Tracer:
 
     @contextmanager
     def using(self, lane: Any) -> Iterator[None]:
-        self.local.lane = lane
+        self.local.lane, self.local.traces = lane, 0
         try:
             yield
         finally:
@@ -65,7 +65,13 @@ class Tracer:
         with self.lock:
             self.traces += 1
             self.cache[key] = result
+        self.local.traces += 1  # this thread's (lane's) own count
         return result
+
+    @property
+    def lane_traces(self) -> int:
+        """Traces made by the calling thread since it took its lane."""
+        return getattr(self.local, "traces", 0)
 
 
 def peak_of(result: RunResult) -> int | None:
@@ -79,6 +85,7 @@ def peak_of(result: RunResult) -> int | None:
 
 class ShapeMemory(Protocol):
     source: str  # how shapes other than the asked one are answered: "curve" or "traces"
+    curve_traces: int  # traces made to build its curves (0 without)
 
     def peak(self, shape: Shape) -> int | None: ...
 
@@ -89,6 +96,7 @@ class TracedMemory:
     """Every shape traced (cached per shape)."""
 
     source = "traces"
+    curve_traces = 0
 
     def __init__(self, spec: RunSpec, tracer: Tracer) -> None:
         self.spec, self.tracer = spec, tracer
@@ -146,8 +154,8 @@ class LineMemory:
     lengths) and one per length axis (the asked batch), evaluated instead of traced. A shape off these lines,
     or on a line whose curve is not exact, is traced (`traced`)."""
 
-    def __init__(self, asked: Shape, curves: list[Any], traced: TracedMemory) -> None:
-        self.asked, self.curves, self.traced = asked, curves, traced
+    def __init__(self, asked: Shape, curves: list[Any], traced: TracedMemory, curve_traces: int) -> None:
+        self.asked, self.curves, self.traced, self.curve_traces = asked, curves, traced, curve_traces
         inexact = [c for c in curves if not c.exact]
         self.source = f"traces ({inexact[0].fallback_reason})" if inexact else "curve"
 
@@ -173,9 +181,10 @@ class LineMemory:
         return None if best is None else min(best, limit)
 
 
-def line_curves(spec_data: dict[str, Any], lines: list[list[str]]) -> list[dict[str, Any]] | str:
+def line_curves(spec_data: dict[str, Any], lines: list[list[str]]) -> dict[str, Any] | str:
     """The curves of `spec` along each line (a list of axes varied together from the spec's shape), sharing
-    their traces; JSON-ready (MemoryCurve.to_dict), or why no curve can be built. The batch curve is verified
+    their traces: {"curves": [MemoryCurve.to_dict(), ...], "traces": distinct shapes traced}, or why no curve
+    can be built. The batch curve is verified
     at the spec's own batch, a shape the length curves trace anyway."""
     from ..curves import TraceCache, memory_curve, verify
 
@@ -188,16 +197,16 @@ def line_curves(spec_data: dict[str, Any], lines: list[list[str]]) -> list[dict[
                 verify(curve, {"batch": spec.batch})
     except (ValueError, RuntimeError, UserError, NotApplicable) as exc:  # the traced runs say why
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return [curve.to_dict() for curve in curves]
+    return {"curves": [curve.to_dict() for curve in curves], "traces": len(cache.done)}
 
 
-def shape_memory(spec: RunSpec, asked: Shape, tracer: Tracer, curves: list[dict[str, Any]] | str | None) -> ShapeMemory:
+def shape_memory(spec: RunSpec, asked: Shape, tracer: Tracer, curves: dict[str, Any] | str | None) -> ShapeMemory:
     """The method's memory over the asked shape's lines: its exact curves in estimate mode (`line_curves`, built
     by the caller), else (cuda, or a model that cannot take the curves' grid of shapes, e.g. a ViT whose
     position embeddings fix its image size) traced shape by shape."""
     from ..curves import MemoryCurve
 
     traced = TracedMemory(spec, tracer)
-    if spec.mode != "estimate" or not isinstance(curves, list):
+    if spec.mode != "estimate" or not isinstance(curves, dict):
         return traced
-    return LineMemory(asked, [MemoryCurve.from_dict(c) for c in curves], traced)
+    return LineMemory(asked, [MemoryCurve.from_dict(c) for c in curves["curves"]], traced, curves["traces"])
