@@ -15,6 +15,7 @@ from unipt_bench.comparison import request_of, run_comparison
 from unipt_bench.comparison.page import render_page
 from unipt_bench.comparison.suite import suite_specs, suite_text
 from unipt_bench.comparison.table import data_frame
+from unipt_bench.errors import UserError
 from unipt_bench.methods import METHODS
 from unipt_bench.runner import execute
 
@@ -167,3 +168,23 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, folders, tmp_path
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], err
     assert not list(tmp_path.iterdir())
+
+
+def test_memory_options_apply_to_every_method_and_reach_the_suite(folders, tmp_path) -> None:
+    """compare --checkpointing blocks: every run's spec records it, the rows say so, the saved suite carries it,
+    and checkpointing lowers full fine-tuning's activations against the same comparison without it."""
+    model = f"hf:{folders['roberta']}"
+    plain = run_comparison(request_of(model, "classification", 64, seq_len=16, budget="1GiB", methods="lora"),
+                           isolate=False, limit=8)
+    request = request_of(model, "classification", 64, seq_len=16, budget="1GiB", methods="lora",
+                         memory={"checkpointing": "blocks", "approx_bp": None})
+    assert request.memory == {"checkpointing": "blocks"}
+    checked = run_comparison(request, isolate=False, limit=8)
+    assert 'checkpointing = "blocks"' in checked.suite
+    assert all(s.memory == {"checkpointing": "blocks"} for s in suite_specs(checked.suite, "estimate"))
+    rows, before = {r["method"]: r for r in checked.table()}, {r["method"]: r for r in plain.table()}
+    assert {r["memory_options"] for r in rows.values()} == {"checkpointing=blocks"}
+    assert {r["memory_options"] for r in before.values()} == {""}
+    assert rows["full"]["activations_bytes"] < before["full"]["activations_bytes"]
+    with pytest.raises(UserError, match="layernorm must be one of none, ms"):
+        request_of(model, "classification", 4, seq_len=8, budget="1GiB", memory={"layernorm": "fast"})

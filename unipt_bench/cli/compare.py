@@ -36,6 +36,12 @@ def list_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> 
                                                "fine-tuning always runs, as the reference).")
 @click.option("--mode", type=click.Choice(["estimate", "cuda"]), default="estimate", show_default=True,
               help="How the asked shape and the largest batch are measured (per-unit figures are estimates).")
+@click.option("--checkpointing", type=click.Choice(["none", "blocks"]), default=None,
+              help="Activation checkpointing of the backbone's blocks, for every method.")
+@click.option("--approx-bp", type=click.Choice(["none", "regelu2"]), default=None,
+              help="Approx-BP's ReGELU2 in place of exact GELUs, for every method.")
+@click.option("--layernorm", type=click.Choice(["none", "ms"]), default=None,
+              help="Approx-BP's MS-LayerNorm in place of LayerNorms, for every method.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Methods analysed at once.")
 @click.option("--limit", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Largest batch considered.")
@@ -46,7 +52,8 @@ def list_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--store", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False),
               help="Result store read for measured accuracy (env UNIPT_BENCH_RESULTS).")
 def compare(model: str, task: str, batch: int, seq_len: int | None, image_size: int | None, frames: int | None,
-            budget: str | None, gpu: str | None, methods: str | None, mode: str, jobs: int, limit: int, fmt: str,
+            budget: str | None, gpu: str | None, methods: str | None, mode: str, checkpointing: str | None,
+            approx_bp: str | None, layernorm: str | None, jobs: int, limit: int, fmt: str,
             report: str | None, save_suite: str | None, store: str) -> None:
     """Compare every applicable PETL method on your model: trainable parameters, peak memory by category,
     whether it fits the budget, the largest batch that does, bytes per extra sample and token, and the length
@@ -58,7 +65,8 @@ def compare(model: str, task: str, batch: int, seq_len: int | None, image_size: 
     from ..comparison.table import print_comparison, to_csv, to_json
     from .format import human_bytes
 
-    request = request_of(model, task, batch, seq_len, image_size, frames, budget, gpu, methods, mode)
+    memory = {"checkpointing": checkpointing, "approx_bp": approx_bp, "layernorm": layernorm}
+    request = request_of(model, task, batch, seq_len, image_size, frames, budget, gpu, methods, mode, memory)
     for path, flag in ((report, "--report"), (save_suite, "--save-suite")):
         if path is not None and (Path(path).is_dir() or not Path(path).resolve().parent.is_dir()):
             raise UserError(f"{flag} {path}: its folder does not exist")

@@ -19,7 +19,8 @@ __all__ = ["Comparison", "Request", "compare", "comparison_of", "request_of", "r
 
 def request_of(model: str, task: str, batch: int, seq_len: int | None = None, image_size: int | None = None,
                frames: int | None = None, budget: str | int | None = None, gpu: str | None = None,
-               methods: str | list[str] | None = None, mode: str = "estimate") -> Request:
+               methods: str | list[str] | None = None, mode: str = "estimate",
+               memory: dict[str, str | None] | None = None) -> Request:
     """A checked request (one UserError line for any bad input; nothing traced yet)."""
     from ..errors import UserError
 
@@ -27,7 +28,7 @@ def request_of(model: str, task: str, batch: int, seq_len: int | None = None, im
         raise UserError(f"mode {mode!r}: estimate or cuda")
     budget_bytes, label = budget_of(budget, gpu)
     return make_request(model, task, batch, {"seq_len": seq_len, "image_size": image_size, "frames": frames},
-                        budget_bytes, label, method_names(methods), mode)
+                        budget_bytes, label, method_names(methods), mode, memory)
 
 
 def comparison_of(request: Request, jobs: int = 1, store: str | Path | None = None, limit: int = 4096,
@@ -38,11 +39,14 @@ def comparison_of(request: Request, jobs: int = 1, store: str | Path | None = No
 def compare(model: str, task: str, batch: int, seq_len: int | None = None, image_size: int | None = None,
             frames: int | None = None, budget: str | int | None = None, gpu: str | None = None,
             methods: str | list[str] | None = None, mode: str = "estimate", jobs: int = 1,
-            store: str | Path | None = None, limit: int = 4096, isolate: bool = True) -> Any:
+            store: str | Path | None = None, limit: int = 4096, isolate: bool = True,
+            memory: dict[str, str | None] | None = None) -> Any:
     """Every applicable PETL method on `model` for `task` at the shape, against a budget (bytes or "24GiB") or a
     GPU name: a DataFrame with one row per method (see `unipt-bench compare --help` for the columns).
-    isolate=False traces in this process instead of a child process (estimate mode)."""
+    `memory`: memory options applied to every method, e.g. {"checkpointing": "blocks", "approx_bp": "regelu2",
+    "layernorm": "ms"} (docs/methods.md, Memory options). isolate=False traces in this process instead of a
+    child process (estimate mode)."""
     from .table import data_frame
 
-    request = request_of(model, task, batch, seq_len, image_size, frames, budget, gpu, methods, mode)
+    request = request_of(model, task, batch, seq_len, image_size, frames, budget, gpu, methods, mode, memory)
     return data_frame(run_comparison(request, jobs=jobs, store=store, limit=limit, isolate=isolate))

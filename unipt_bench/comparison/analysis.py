@@ -80,6 +80,7 @@ def at_shape(result_status: str, result: Any, spec: RunSpec, budget: int) -> dic
     if result_status == "oom":
         values["fits"] = False
     values["mode"] = spec.mode
+    values["memory_options"] = ", ".join(f"{k}={v}" for k, v in sorted(spec.memory.items()))  # "" for none
     return values
 
 

@@ -59,6 +59,7 @@ class Request:
     mode: str = "estimate"
     towers: list[ModelTower] = field(default_factory=list)
     partner: dict[str, Any] | None = None
+    memory: dict[str, str] = field(default_factory=dict)  # memory options other than the defaults (memory_options.py)
 
     @property
     def floor_bytes(self) -> int:
@@ -149,8 +150,12 @@ def inspect_tower(name: str, backbone: str) -> ModelTower:
 
 
 def make_request(model: str, task: str, batch: int, shape: dict[str, int | None], budget_bytes: int,
-                 budget_label: str, methods: list[str], mode: str = "estimate") -> Request:
+                 budget_label: str, methods: list[str], mode: str = "estimate",
+                 memory: dict[str, str | None] | None = None) -> Request:
     """Check everything that can be checked without tracing; one UserError line per problem."""
+    from ..memory_options import check as check_memory
+
+    memory_options = check_memory({k: v for k, v in (memory or {}).items() if v is not None}, "compare")
     if task not in TASKS:
         raise UserError(f"--task {task!r}: one of {', '.join(TASKS)}")
     if batch < 1:
@@ -180,7 +185,8 @@ def make_request(model: str, task: str, batch: int, shape: dict[str, int | None]
         partner = dict(PARTNERS[tower.modality]) if needs_partner else None
     elif task in ("grounding", "classification"):
         raise UserError(f"--task {task}: takes one model, not two towers")
-    request = Request(model, task, batch, asked, budget_bytes, budget_label, methods, mode, towers, partner)
+    request = Request(model, task, batch, asked, budget_bytes, budget_label, methods, mode, towers, partner,
+                      memory_options)
     has = {key for t in towers for key in t.shape_defaults}
     if partner is not None and partner["backbone"] == "bigru":
         has.add("seq_len")

@@ -62,6 +62,7 @@ def suite_text(request: Request) -> str:
         "[[configs]]",
         f"name = {toml_value(request.slug())}",
         f"batch = {request.batch}",
+        *[f"{name} = {toml_value(value)}" for name, value in request.memory.items()],
         "towers = [",
         *[f"    {inline_table(t)}," for t in tower_tables(request)],
         "]",

@@ -16,7 +16,7 @@ LEADING = ["method", "status", "applies", "reason", "mode", "trainable_params", 
            "trainable_head_params", "total_params", "peak_bytes", *[f"{c}_bytes" for c in REPORTED_CATEGORIES],
            "predicted_reserved_bytes", "predicted_device_bytes", "fits", "max_batch", "bytes_per_sample", *[f"bytes_per_{u}" for u in UNITS.values()],
            *[f"reaches_full_at_{k}" for k in UNITS], "on_front", "accuracy", "accuracy_metric", "accuracy_run",
-           "curve_mode", "note", "traces", "seconds"]
+           "curve_mode", "memory_options", "note", "traces", "seconds"]
 
 
 def columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -39,6 +39,7 @@ def data_frame(comparison: Comparison) -> Any:
 def request_summary(comparison: Comparison) -> dict[str, Any]:
     request = comparison.request
     return {"model": request.model, "task": request.task, "batch": request.batch, "shape": request.axes(),
+            "memory_options": dict(request.memory),
             "budget_bytes": request.budget_bytes, "budget": request.budget_label, "mode": request.mode,
             "floor_bytes": request.floor_bytes, "seconds": comparison.seconds, "traces": comparison.traces}
 
@@ -74,7 +75,9 @@ def print_comparison(comparison: Comparison) -> None:
     crossings = [k for k in UNITS if any(f"reaches_full_at_{k}" in r for r in rows)]
     shape = ", ".join(f"{k} {v}" for k, v in request.axes().items())
     table = Table(title=f"{request.model} on {request.task}, batch {request.batch}"
-                        f"{', ' + shape if shape else ''}; budget {request.budget_label}", title_justify="left")
+                        f"{', ' + shape if shape else ''}; budget {request.budget_label}"
+                        f"{'; memory options: ' + rows[0]['memory_options'] if rows and rows[0].get('memory_options') else ''}",
+                  title_justify="left")
     headers = ["method", "trainable", "peak", "activations", "grads+optim", "GPU device*", "fits", "max batch", "per sample",
                *[f"per {u.replace('_', ' ')}" for u in units], *[f"= full at {k}" for k in crossings], "front",
                "accuracy"]
