@@ -134,9 +134,12 @@ def analyse(spec: RunSpec, request: Request, tracer: Tracer, memory: ShapeMemory
         row.batch_points = batch_points(memory, shape, best)
         for axis in axes:
             try:
-                longer = memory.peak(axis.at(shape, axis.value + axis.step))
-                if peak is not None and longer is not None:
-                    values[column_of(axis)] = (longer - peak) / axis.step
+                if axis.value + axis.step <= axis.limit:  # one step longer; at the model's limit, one shorter
+                    longer, shorter = memory.peak(axis.at(shape, axis.value + axis.step)), peak
+                else:
+                    longer, shorter = peak, memory.peak(axis.at(shape, axis.value - axis.step))
+                if longer is not None and shorter is not None:
+                    values[column_of(axis)] = (longer - shorter) / axis.step
                 if axis.own and full is not None and full is not memory:
                     value, note = crossing(memory, full, axis, shape)
                     values[f"reaches_full_at_{axis.key}"] = value

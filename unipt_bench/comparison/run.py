@@ -46,7 +46,7 @@ def run_comparison(request: Request, jobs: int = 1, store: str | Path | None = N
     specs = suite_specs(text, request.mode)
     tracer = Tracer()
     asked: Shape = {"batch": request.batch, **request.axes()}
-    lines = [["batch"], *(list(axis.names) for axis in comparison_axes(request))]
+    lines = [(["batch"], None), *((list(axis.names), axis.limit) for axis in comparison_axes(request))]
     estimates = {s.label: RunSpec.from_dict({**s.to_dict(), "mode": "estimate"}) for s in specs}
     curves = CurveBuilds(estimates, lines, jobs, isolate) if request.mode == "estimate" else None
     memories: dict[str, ShapeMemory] = {}
@@ -93,7 +93,8 @@ class CurveBuilds:
     """Every method's line curves (shape_memory.line_curves), built ahead in `jobs` child processes (in this
     thread with isolate=False), full fine-tuning's first: each lane waits only for the method it analyses."""
 
-    def __init__(self, specs: dict[str, RunSpec], lines: list[list[str]], jobs: int, isolate: bool) -> None:
+    def __init__(self, specs: dict[str, RunSpec], lines: list[tuple[list[str], int | None]], jobs: int,
+                 isolate: bool) -> None:
         self.specs, self.lines = specs, lines
         order = sorted(specs, key=lambda label: specs[label].method != "full")
         self.pool = None

@@ -181,23 +181,39 @@ class LineMemory:
         return None if best is None else min(best, limit)
 
 
-def line_curves(spec_data: dict[str, Any], lines: list[list[str]]) -> dict[str, Any] | str:
-    """The curves of `spec` along each line (a list of axes varied together from the spec's shape), sharing
-    their traces: {"curves": [MemoryCurve.to_dict(), ...], "traces": distinct shapes traced}, or why no curve
-    can be built. The batch curve is verified
-    at the spec's own batch, a shape the length curves trace anyway."""
+def line_curves(spec_data: dict[str, Any], lines: list[tuple[list[str], int | None]]) -> dict[str, Any] | str:
+    """The curves of `spec` along each line (axes varied together from the spec's shape, and the largest value
+    they may take, None for no limit), sharing their traces: {"curves": [MemoryCurve.to_dict(), ...],
+    "traces": distinct shapes traced}, or why no curve can be built. Each curve is verified one step past its
+    grid, or one step below it where that passes the limit (a model's last position embedding); the batch
+    curve at the spec's own batch, a shape the length curves trace anyway."""
     from ..curves import TraceCache, memory_curve, verify
 
     spec = RunSpec.from_dict(spec_data)
     cache = TraceCache()
     try:
-        curves = [memory_curve(spec, axes, cache, verified=axes != ["batch"]) for axes in lines]
-        for curve in curves:
-            if curve.axes == ["batch"] and curve.exact:
-                verify(curve, {"batch": spec.batch})
+        curves = []
+        for axes, limit in lines:
+            curve = memory_curve(spec, axes, cache, verified=False)
+            if curve.exact:
+                verify(curve, verification_point(curve, limit, spec.batch))
+            curves.append(curve)
     except (ValueError, RuntimeError, UserError, NotApplicable) as exc:  # the traced runs say why
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return {"curves": [curve.to_dict() for curve in curves], "traces": len(cache.done)}
+
+
+def verification_point(curve: Any, limit: int | None, batch: int) -> Shape:
+    """A shape off the curve's grid to trace and compare: the asked batch for the batch curve; else one step
+    past the grid, or one step below it when that would pass `limit`."""
+    from ..curves import POINTS
+
+    if curve.axes == ["batch"]:
+        return {"batch": batch}
+    past = {a: curve.start[a] + curve.step[a] * POINTS for a in curve.axes}
+    if limit is None or all(v <= limit for v in past.values()):
+        return past
+    return {a: curve.start[a] - curve.step[a] for a in curve.axes}
 
 
 def shape_memory(spec: RunSpec, asked: Shape, tracer: Tracer, curves: dict[str, Any] | str | None) -> ShapeMemory:
