@@ -65,6 +65,8 @@ def test_every_method_is_present_with_figures_or_the_reason_it_does_not_apply(ro
         assert r["peak_bytes"] > 0 and r["trainable_params"] > 0 and r["bytes_per_sample"] > 0
         assert r["bytes_per_token"] is not None and r["fits"] == (r["peak_bytes"] <= BUDGET)
     assert rows["full"]["reaches_full_at_seq_len"] is None  # the reference itself
+    same = [m for m, r in rows.items() if "as full fine-tuning does" in (r["note"] or "")]
+    assert same == ["side4video"]  # its official code trains text towers fully
     assert any(r["on_front"] for r in ok)
     frame = data_frame(roberta)
     assert list(frame["method"]) == list(rows) and frame.attrs["budget_bytes"] == BUDGET

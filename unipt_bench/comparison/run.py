@@ -80,9 +80,13 @@ def run_comparison(request: Request, jobs: int = 1, store: str | Path | None = N
     comparison = Comparison(request, text, [rows[s.label] for s in specs if s.label in rows])
     on_front = front_members(comparison.table())
     scores = trained_scores(store, specs) if store is not None else {}
+    full_row = rows[full_label].values if full_label in rows else None
     for row in comparison.rows:
         label = row.values["method"]
         row.values["on_front"] = label in on_front
+        if full_row is not None and label != full_label and same_as_full(row.values, full_row):
+            note = "trains this model as full fine-tuning does (same parameters and memory)"
+            row.values["note"] = "; ".join(filter(None, [note, row.values.get("note")]))
         row.values.update(scores.get(label, {"accuracy": None, "accuracy_metric": None, "accuracy_run": None}))
     comparison.seconds = round(time.perf_counter() - started, 1)
     comparison.traces = tracer.traces + sum(memory.curve_traces for memory in memories.values())
@@ -110,6 +114,13 @@ class CurveBuilds:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def same_as_full(values: dict[str, Any], full: dict[str, Any]) -> bool:
+    """A method that, on this model, is full fine-tuning under another name (e.g. Side4Video on a text tower,
+    which its official code trains fully)."""
+    keys = ("trainable_params", "peak_bytes")
+    return values.get("status") == full.get("status") == "ok" and all(values.get(k) == full.get(k) for k in keys)
 
 
 def error_row(spec: RunSpec, exc: Exception) -> MethodRow:
