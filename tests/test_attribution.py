@@ -50,7 +50,9 @@ def assert_adds_up(figures: dict) -> None:
 def test_every_method_is_charged_what_it_created(method: str) -> None:
     backbone = first_tiny_backbone(method)
     # two steps: the peak lies in the second, with the optimizer state in place and the activations alive
-    figures = profile(make_spec(method, backbone, shape=SHAPES.get(backbone)))["memory"]["memtracker_fake"]
+    # (prompt tuning's many parameters put its peak of batch 4 in the optimizer step: batch 8 for it)
+    spec = make_spec(method, backbone, shape=SHAPES.get(backbone), batch=8 if method == "prompt" else 4)
+    figures = profile(spec)["memory"]["memtracker_fake"]
     assert_adds_up(figures)
     own = figures["by_owner"]["method"]
     assert own["params"] == own_parameter_bytes(method, backbone)
@@ -85,7 +87,9 @@ def test_parameters_a_methods_wrapper_holds_are_the_methods(monkeypatch) -> None
     assert_adds_up(figures)
     width = create_backbone("tiny-bert").width
     assert figures["by_owner"]["method"]["params"] == 4 * width
-    assert figures["by_owner"]["method"]["activations"] > 0  # out.last * scale, made in the wrapper
+    # its Adam moments too (the peak lies in the frozen backbone's forward of the second step, where the
+    # wrapper's own output is not alive yet)
+    assert figures["by_owner"]["method"]["optimizer_state"] >= 2 * 4 * width  # exp_avg, exp_avg_sq (and step)
 
 
 class LateEntry(nn.Module):
