@@ -309,6 +309,10 @@ def test_a_local_job_controller_is_known_by_its_folder(tmp_path) -> None:
     stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit.local._local",
                                  str(folder)])  # the argument list of submitit's local controller
     try:
+        cmdline = Path(f"/proc/{stand_in.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while b"submitit.local._local" not in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the child has exec'd: before, /proc shows this process's arguments
         assert alive(stand_in.pid, tmp_path / "." / "jobs") and not alive(stand_in.pid, tmp_path)
     finally:
         stand_in.kill()
