@@ -89,25 +89,31 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="training steps per method")
     parser.add_argument("--batch", type=int, default=112, help="per-step batch (the suite's: 112)")
     parser.add_argument("--out", type=Path, help="result store (default: a temporary folder)")
+    parser.add_argument("--tables-only", action="store_true", help="print the tables of the runs already in --out")
     args = parser.parse_args()
     methods = args.methods.split(",")
+    if args.tables_only and args.out is None:
+        parser.error("--tables-only needs --out")
     with tempfile.TemporaryDirectory() as scratch:
-        data = Path(scratch) / "data"
-        # enough captions for every step without a second pass (5 per image); 10 images per evaluation split
-        images = math.ceil(args.steps * args.batch / 5) + 1
-        write_flickr_precomp(data / SUITE, images=images, eval_images=10, regions=36, dim=2048)
         out = args.out or Path(scratch) / "results"
-        seconds = train(methods, args.steps, args.batch, data, out)
+        seconds = None
+        if not args.tables_only:
+            data = Path(scratch) / "data"
+            # enough captions for every step without a second pass (5 per image); 10 images per evaluation split
+            images = math.ceil(args.steps * args.batch / 5) + 1
+            write_flickr_precomp(data / SUITE, images=images, eval_images=10, regions=36, dim=2048)
+            seconds = train(methods, args.steps, args.batch, data, out)
         results = {r.spec["label"]: r for r in ResultStore(out).latest(SUITE).values()
                    if r.spec.get("config") == CONFIG and r.spec.get("train")
                    and r.spec.get("overrides") == {"batch": args.batch, "max_steps": args.steps}}
-        print(f"\nflickr30k t5-bert, cpu mode, batch {args.batch}, {args.steps} steps, trained in {seconds:.0f} s")
+        took = f", trained in {seconds:.0f} s" if seconds is not None else ""
+        print(f"\nflickr30k t5-bert, cpu mode, batch {args.batch}, {args.steps} steps{took}")
         for method in methods:
             result = results.get(method)
             if result is None or result.status != "ok":
                 print(f"\n{method}: no result ({result.status if result else 'missing'})")
                 continue
-            print(f"\n{method}\n{table(result)}")
+            print(f"\n{method} ({(result.timing or {}).get('train_seconds', 0):.0f} s of training)\n{table(result)}")
 
 
 if __name__ == "__main__":
