@@ -261,3 +261,27 @@ def test_an_estimate_replays_its_own_allocations():
         assert device["total"] == device["reserved"] + device["cuda_context"] + device["cudnn_workspace_bound"]
         assert not replayed["verified_on_gpu"]
         assert (device["cudnn_workspace_bound"] > 0) == (config == "cnn")
+
+
+def test_evaluations_and_setup_are_kept_apart_from_the_training_steps():
+    """A validation after step 2 is recorded at "2 steps done", as the next training step's events would be: its
+    reserved memory goes under `evaluation_reserved`, so it never passes for training step 3 (0-based key 2).
+    Events outside every phase ("setup": the next batch made before its step turns out untracked, a stretch's
+    start registering what lives on) give no step of their own. Per step the highest allocated comes with the
+    highest reserved; the allocator's state carries over to a later stretch."""
+    from unipt_bench.memory.allocator_replay import Replayer
+
+    replayer = Replayer()
+    train = [("alloc", 0, 4 * MiB, "forward", 0), ("free", 0, 4 * MiB, "backward", 0),  # step 0: one 20 MiB segment
+             ("alloc", 1, 30 * MiB, "forward", 1), ("free", 1, 30 * MiB, "backward", 1),  # step 1: +30 MiB
+             ("alloc", 2, 1 * MiB, "setup", 2)]  # step 2's batch (a 2 MiB small segment); step 2 is untracked
+    evaluation = [("alloc", 3, 40 * MiB, "setup", 0), ("alloc", 4, 40 * MiB, "evaluation", 0),  # +80 MiB
+                  ("free", 4, 40 * MiB, "evaluation", 0)]
+    replayer.feed(train)
+    replayer.release_all()
+    replayer.feed(evaluation, first_step=2)
+    replayer.release_all()
+    replayer.feed([("alloc", 5, 2 * MiB, "forward", 0), ("free", 5, 2 * MiB, "backward", 0)], first_step=5)
+    assert replayer.step_reserved == {0: 20 * MiB, 1: 50 * MiB, 5: 132 * MiB}  # step 5 reuses the cache
+    assert replayer.step_allocated == {0: 4 * MiB, 1: 30 * MiB, 5: 2 * MiB}
+    assert replayer.evaluation_reserved == {2: 132 * MiB}

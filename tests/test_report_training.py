@@ -343,3 +343,27 @@ def test_memory_headline_when_the_reference_is_the_smallest() -> None:
                              "(paper: 1.07x).")
     (view,) = table_views([profiled("lora", 2, 1.25)], with_figures=False)
     assert view.headline == "lora: peak 1.25 GiB, estimated (fake tensors)."
+
+
+def test_a_training_run_shows_its_predicted_reserved_memory_per_tracked_step() -> None:
+    """cpu training replays the caching allocator over the tracked steps: the report lists, per tracked step
+    counted from 1 as the log counts, reserved / allocated and the step's batch shapes (padded to its longest
+    caption), and the evaluations' reserved memory apart from the steps."""
+    r = trained("unipt", 0, 1.6, 140.0)
+    mib = 2**20
+    replayed = {"allocator": {"max_allocated": 1500 * mib, "max_reserved": 1800 * mib,
+                              "fragmentation_at_peak": 300 * mib, "peak_segments": 90},
+                "device_memory": {"cuda_context": 512 * mib, "cudnn_workspace_bound": 0, "total": 2312 * mib},
+                "step_reserved": {"0": 1024 * mib, "1": 1536 * mib, "6": 1792 * mib},
+                "step_allocated": {"0": 1000 * mib, "1": 1200 * mib, "6": 1500 * mib},
+                "evaluation_reserved": {"20": 1800 * mib}}
+    r.memory["memtracker_real"]["allocator_replay"] = replayed
+    r.metrics["tracked_steps"] = [0, 1, 6]
+    r.metrics["tracked_shapes"] = {str(s): {"image": [112, 36, 2048], "text": [112, n]}
+                                   for s, n in ((0, 31), (1, 40), (6, 52))}
+    html = render_report(SUITE, [r], "results", with_figures=False)
+    predicted = html[html.index('<table class="predicted">'):]
+    unipt = row_of(predicted, "unipt")
+    assert ("1: 1.000 / 0.977 (image 112x36x2048, text 112x31), 2: 1.500 / 1.172 (image 112x36x2048, text 112x40), "
+            "7: 1.750 / 1.465 (image 112x36x2048, text 112x52)") in unipt
+    assert "after step 20: 1.758" in unipt and "<td>1.200</td>" in unipt  # reserved / allocated over the run

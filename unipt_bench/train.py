@@ -376,6 +376,7 @@ class TrainingRun:
                         "baseline": data.baseline(first), "selection": self.selection, "data": data.describe(),
                         "final_loss": self.final_loss(), "resumed_from_step": state["resumed_from"],
                         "tracked_steps": self.tracking.tracked_steps, "batch_shapes": self.tracking.shape_counts(),
+                        "tracked_shapes": self.tracking.shapes_at,  # str(step) -> each tower's input shape
                         "tokenizer": {name: i.description for name, i in self.inputs.items() if i.modality == "text"},
                         "cache": {name: c.stats() for name, c in self.caches.items()},
                         "weights": {t.name: weights_source(t.backbone, t.weights) for t in self.spec.towers}},

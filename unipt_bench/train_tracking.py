@@ -32,6 +32,7 @@ from .profile import NullTracker
 
 FIRST_TRACKED = 2  # steps traced at the start of a cpu process (the first allocates the optimizer state)
 UNSHAPED = ("cache_keys", "attention_mask")  # a tower's tensors that say nothing new about its shape
+STEP_SERIES = ("step_reserved", "step_allocated", "evaluation_reserved")  # the replay's figures by step
 
 
 def batch_shapes(batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, list[int]]:
@@ -76,7 +77,8 @@ class StepTracking:
         self.recording: Any = None  # the open segment's event recording
         earlier = next((f.get("allocator_replay") for n, f in (self.memory or {}).items() if n.startswith("memtracker")),
                        None)
-        self.earlier_steps: dict[str, int] = dict((earlier or {}).get("step_reserved", {}))  # an earlier process's
+        self.earlier_steps: dict[str, dict[str, int]] = {  # an earlier process's per-step figures
+            name: dict((earlier or {}).get(name, {})) for name in STEP_SERIES}
 
     @property
     def open(self) -> bool:
@@ -148,7 +150,8 @@ class StepTracking:
         if self.replay is None or primary is None:
             return memory
         replayed = self.replay.result()
-        replayed["step_reserved"] = {**self.earlier_steps, **replayed["step_reserved"]}
+        for name in STEP_SERIES:
+            replayed[name] = {**self.earlier_steps[name], **replayed[name]}
         return {**memory, primary: {**memory[primary], "allocator_replay": replayed}}
 
     def memory_so_far(self, step: int) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import UserError
+from .base import TRAINING_PHASES
 
 MIN_BLOCK = 512  # kMinBlockSize: every request is rounded up to a multiple of 512 B
 SMALL_SIZE = 1 << 20  # kSmallSize: requests up to 1 MiB use the small pool
@@ -653,7 +654,11 @@ class Replayer:
                  memory_fraction: float | None = None) -> None:
         self.allocator = CachingAllocator(settings, device_bytes, memory_fraction)
         self.held: dict[int, tuple[Block, int]] = {}
-        self.step_reserved: dict[int, int] = {}  # step -> highest reserved bytes in it
+        self.step_reserved: dict[int, int] = {}  # step -> highest reserved bytes in its training phases
+        self.step_allocated: dict[int, int] = {}  # step -> highest allocated bytes in its training phases
+        # steps done -> highest reserved bytes in the evaluations run after them (validation, test): kept apart,
+        # or an evaluation after step k would pass for training step k + 1
+        self.evaluation_reserved: dict[int, int] = {}
         self.oom: dict[str, Any] | None = None
 
     def feed(self, events: Iterable[tuple[str, int, int, str, int]], first_step: int = 0) -> bool:
@@ -673,7 +678,12 @@ class Replayer:
             elif storage in held:  # a free of a storage allocated before the stream began is not ours
                 allocator.free(*held.pop(storage))
             at = first_step + step
-            self.step_reserved[at] = max(self.step_reserved.get(at, 0), allocator.reserved.current)
+            if phase in TRAINING_PHASES:  # not "setup" (between phases): a stretch's start registering what
+                # lives on, or the next batch made before its step is known to be untracked
+                self.step_reserved[at] = max(self.step_reserved.get(at, 0), allocator.reserved.current)
+                self.step_allocated[at] = max(self.step_allocated.get(at, 0), allocator.allocated.current)
+            elif phase == "evaluation":
+                self.evaluation_reserved[at] = max(self.evaluation_reserved.get(at, 0), allocator.reserved.current)
         return self.oom is None
 
     def release_all(self, keep: Iterable[int] = ()) -> None:

@@ -148,9 +148,12 @@ class GpuMemoryReplay:
     def result(self) -> dict[str, Any]:
         replayed = self.replayer.result()
         device = predict(replayed.max_reserved, self.workspace, self.cudnn_bound)
-        steps = self.replayer.step_reserved
+        replayer = self.replayer
         return {"allocator": replayed.to_dict(), "device_memory": device.to_dict(), "gpu_major": self.gpu_major,
-                "step_reserved": {str(step): steps[step] for step in sorted(steps)}, "verified_on_gpu": False}
+                **{name: {str(step): steps[step] for step in sorted(steps)} for name, steps in (
+                    ("step_reserved", replayer.step_reserved), ("step_allocated", replayer.step_allocated),
+                    ("evaluation_reserved", replayer.evaluation_reserved))},
+                "verified_on_gpu": False}
 
 
 def predict_from_events(events: Any, gpu_major: int = 9, settings: AllocatorSettings | None = None,

@@ -160,8 +160,24 @@ class RowView:
         return {"allocated": allocator["max_allocated"] / gib, "reserved": allocator["max_reserved"] / gib,
                 "fragmentation": allocator["fragmentation_at_peak"] / gib, "segments": allocator["peak_segments"],
                 "context": device["cuda_context"] / gib, "cudnn": device["cudnn_workspace_bound"] / gib,
-                "device": device["total"] / gib,
-                "steps": [f"{step}: {nbytes / gib:.3f}" for step, nbytes in (replayed.get("step_reserved") or {}).items()]}
+                "device": device["total"] / gib, "steps": self.step_lines(replayed),
+                "evaluations": [f"after step {step}: {nbytes / gib:.3f}"
+                                for step, nbytes in (replayed.get("evaluation_reserved") or {}).items()]}
+
+    def step_lines(self, replayed: dict[str, Any]) -> list[str]:
+        """Per tracked step, counted from 1 as logged: "k: reserved / allocated" in GiB, with the step's batch
+        shapes where the run recorded them (a training run's padded batches differ from step to step)."""
+        gib = 2**30
+        allocated = replayed.get("step_allocated") or {}
+        shapes = (self.result.metrics or {}).get("tracked_shapes") or {}
+        lines = []
+        for step, reserved in (replayed.get("step_reserved") or {}).items():
+            line = f"{int(step) + 1}: {reserved / gib:.3f}"
+            line += f" / {allocated[step] / gib:.3f}" if step in allocated else ""
+            if step in shapes:
+                line += " (" + ", ".join(f"{t} {'x'.join(map(str, s))}" for t, s in shapes[step].items()) + ")"
+            lines.append(line)
+        return lines
 
 
 @dataclass
