@@ -101,7 +101,7 @@ def print_comparison(comparison: Comparison) -> None:
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     console.print(table)
     modes = sorted({r.get("mode") for r in rows if r.get("mode")})
-    curve_modes = sorted({r["curve_mode"] for r in rows if r.get("curve_mode")})
+    curve_modes = sorted({r["curve_mode"] for r in rows if r.get("curve_mode") and r.get("status") == "ok"})
     console.print(f"peak, fits, max batch: {', '.join(modes)} mode; per unit and '= full at': "
                   f"{', '.join(curve_modes)}; front (*): fewest parameters for the memory")
     console.print("GPU device*: predicted device memory (the replayed caching allocator's reserved memory, the "
