@@ -27,7 +27,8 @@ TEXT_CONFIGS = {
 }
 # what each family cannot do, and a word of why: every other method must run
 NOT_APPLICABLE = {("deberta-v2", "prompt"): "attention", ("deberta-v2", "meft"): "BERT and RoBERTa layers only",
-                  ("distilbert", "meft"): "BERT and RoBERTa layers only"}
+                  ("distilbert", "meft"): "BERT and RoBERTa layers only",
+                  **{(family, "m2ist"): "no design for a transformer" for family in TEXT_CONFIGS}}  # encdec only
 
 
 @pytest.fixture(scope="module")
