@@ -253,3 +253,10 @@ def test_ms_layernorm_refuses_a_weight_with_a_zero() -> None:
         next(m for m in tower.modules() if isinstance(m, torch.nn.LayerNorm)).weight[3] = 0.0
     with pytest.raises(NotApplicable, match="weight equal to zero"):
         apply_memory_options(tower, bb, {"layernorm": "ms"}, tuned)
+
+
+def test_the_command_line_offers_every_memory_option_and_choice() -> None:
+    from unipt_bench.cli.common import MEMORY_OPTION_FLAGS
+    from unipt_bench.memory_options import CHOICES
+
+    assert {name: choices for name, (choices, _) in MEMORY_OPTION_FLAGS.items()} == CHOICES

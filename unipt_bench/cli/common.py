@@ -13,6 +13,23 @@ from ..errors import UserError
 from .app import DEFAULT_OUT
 from .format import human_bytes, human_count
 
+MEMORY_OPTION_FLAGS = {  # memory_options.CHOICES and a help text each, without importing torch with the CLI
+    "checkpointing": (("none", "blocks"), "Activation checkpointing of the backbone's blocks"),
+    "approx_bp": (("none", "regelu2"), "Approx-BP's ReGELU2 in place of exact GELUs"),
+    "layernorm": (("none", "ms"), "Approx-BP's MS-LayerNorm in place of LayerNorms"),
+}
+
+
+def memory_option_flags(scope: str) -> Any:
+    """--checkpointing, --approx-bp and --layernorm for a command; `scope` ends each help text."""
+    def decorate(command: Any) -> Any:
+        for name, (choices, text) in reversed(list(MEMORY_OPTION_FLAGS.items())):
+            command = click.option(f"--{name.replace('_', '-')}", type=click.Choice(choices), default=None,
+                                   help=f"{text}, {scope}.")(command)
+        return command
+
+    return decorate
+
 
 def resolve_mode(mode: str, trains: bool = False) -> tuple[str, str]:
     """(mode, a sentence saying why). `trains`: the suite trains on real data, which estimates cannot."""

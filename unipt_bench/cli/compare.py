@@ -6,6 +6,7 @@ import click
 
 from ..errors import UserError
 from .app import DEFAULT_OUT, cli
+from .common import memory_option_flags
 
 
 def list_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -36,12 +37,7 @@ def list_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> 
                                                "fine-tuning always runs, as the reference).")
 @click.option("--mode", type=click.Choice(["estimate", "cuda"]), default="estimate", show_default=True,
               help="How the asked shape and the largest batch are measured (per-unit figures are estimates).")
-@click.option("--checkpointing", type=click.Choice(["none", "blocks"]), default=None,
-              help="Activation checkpointing of the backbone's blocks, for every method.")
-@click.option("--approx-bp", type=click.Choice(["none", "regelu2"]), default=None,
-              help="Approx-BP's ReGELU2 in place of exact GELUs, for every method.")
-@click.option("--layernorm", type=click.Choice(["none", "ms"]), default=None,
-              help="Approx-BP's MS-LayerNorm in place of LayerNorms, for every method.")
+@memory_option_flags("for every method")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Methods analysed at once.")
 @click.option("--limit", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Largest batch considered.")

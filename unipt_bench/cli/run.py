@@ -12,7 +12,14 @@ import click
 from ..errors import UserError
 from ..launchers import LaunchSettings, get
 from .app import cli, out_option
-from .common import resolve_mode, run_with_progress, summarize, tracker_list, warn_skipped
+from .common import (
+    memory_option_flags,
+    resolve_mode,
+    run_with_progress,
+    summarize,
+    tracker_list,
+    warn_skipped,
+)
 from .launcher_options import launcher_options
 
 
@@ -52,12 +59,7 @@ def gpu_visible() -> bool:
               help="Per-device batch instead of the suite's (recorded in the spec).")
 @click.option("--eval-every", type=click.IntRange(min=1), default=None,
               help="Training: validate every this many steps (recorded in the spec).")
-@click.option("--checkpointing", type=click.Choice(["none", "blocks"]), default=None,
-              help="Activation checkpointing of the backbone's blocks instead of the suite's (recorded in the spec).")
-@click.option("--approx-bp", type=click.Choice(["none", "regelu2"]), default=None,
-              help="Approx-BP's ReGELU2 in place of exact GELUs instead of the suite's (recorded in the spec).")
-@click.option("--layernorm", type=click.Choice(["none", "ms"]), default=None,
-              help="Approx-BP's MS-LayerNorm in place of LayerNorms instead of the suite's (recorded in the spec).")
+@memory_option_flags("instead of the suite's (recorded in the spec)")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Runs at once (default: every core in estimate mode, one per visible GPU in cuda mode, 1 in cpu mode).")
 @launcher_options
