@@ -78,6 +78,20 @@ def test_curve_equals_direct_traces_at_shapes_not_used_to_build_it() -> None:
     assert curve.bytes_per_unit(batch=6) == {"batch": curve.peak(batch=7) - curve.peak(batch=6)}
 
 
+@pytest.mark.parametrize("buckets", [False, True], ids=["plain", "grads-in-buckets"])
+def test_peak_alone_equals_the_full_replays_peak(buckets) -> None:
+    """`MemoryCurve.peak` (PeakReplay: the peak without the other figures) equals `at`'s, at every batch asked,
+    with gradients counted and with gradients in DDP's buckets (0 bytes, relabels into and out of them)."""
+    curve = memory_curve(tiny(), ["batch"], TRACES)
+    curve.events = allocation_events.AllocationEvents.from_dict(curve.events.to_dict())  # the shared trace's, copied
+    curve.events.grads_in_buckets = buckets
+    kinds, cats = curve.events.numpy("kind"), curve.events.numpy("category")
+    grads = allocation_events.CATEGORIES.index("grads")
+    assert ((kinds == allocation_events.RELABEL) & (cats == grads)).any()  # temporaries become gradients
+    for batch in (2, 3, 5, 17, 64):
+        assert curve.peak(batch=batch) == curve.at(batch=batch)["peak_bytes"]
+
+
 def test_a_model_whose_ops_depend_on_the_shape_falls_back_to_direct_traces(chunked_backbone) -> None:
     tracer = TRACES
     spec = tiny(chunked_backbone)

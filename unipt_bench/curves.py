@@ -180,6 +180,7 @@ class MemoryCurve:
     traces: list[dict[str, Any]] = field(default_factory=list)  # {"shape", "seconds", "use": grid|verify|direct}
     traced: dict[tuple, Traced] = field(default_factory=dict, repr=False)  # this session's traces, by shape
     tracer: Callable[[RunSpec], Traced] = field(default=trace, repr=False)
+    peaks: allocation_events.PeakReplay | None = field(default=None, repr=False)  # built at the first `peak`
 
     @property
     def run_spec(self) -> RunSpec:
@@ -222,7 +223,13 @@ class MemoryCurve:
         return traced
 
     def peak(self, **shape: int) -> int:
-        return self.at(**shape)["peak_bytes"]
+        """`at(**shape)["peak_bytes"]`, without the other figures where the curve holds (a search asks many)."""
+        point = self.point(shape)
+        if not self.on_curve(point):
+            return self.at(**shape)["peak_bytes"]
+        if self.peaks is None:
+            self.peaks = allocation_events.PeakReplay(self.events)
+        return self.peaks.peak(self.sizes(point)) + self.bucket_bytes
 
     def max_fitting(self, axis: str, budget: int, limit: int = 1 << 16, **fixed: int) -> int | None:
         """The largest value of `axis` (<= limit, on the axis's lattice) whose peak fits `budget` bytes, the

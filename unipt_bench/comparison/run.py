@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunSpec
+from ..results import RunResult
 from .accuracy import trained_scores
 from .analysis import MethodRow, analyse, comparison_axes
 from .front import front_members
 from .request import Request
-from .shape_memory import Shape, ShapeMemory, Tracer, line_curves, shape_memory
+from .shape_memory import LineCurves, Shape, ShapeMemory, Tracer, line_curves, shape_memory
 from .suite import suite_specs, suite_text
 
 
@@ -48,14 +49,17 @@ def run_comparison(request: Request, jobs: int = 1, store: str | Path | None = N
     asked: Shape = {"batch": request.batch, **request.axes()}
     lines = [(["batch"], None), *((list(axis.names), axis.limit) for axis in comparison_axes(request))]
     estimates = {s.label: RunSpec.from_dict({**s.to_dict(), "mode": "estimate"}) for s in specs}
-    curves = CurveBuilds(estimates, lines, jobs, isolate) if request.mode == "estimate" else None
+    curves = CurveBuilds(estimates, lines, tracer.options, jobs, isolate) if request.mode == "estimate" else None
     memories: dict[str, ShapeMemory] = {}
     building = threading.Lock()
 
     def memory_of(label: str) -> ShapeMemory:
         with building:  # full's memory is asked for by every lane: built once
             if label not in memories:
-                memories[label] = shape_memory(estimates[label], asked, tracer, curves.get(label) if curves else None)
+                built = curves.get(label) if curves else None
+                if built is not None and built.asked is not None:  # the lane's run at the asked shape, made there
+                    tracer.keep(estimates[label], RunResult(**built.asked))
+                memories[label] = shape_memory(estimates[label], asked, tracer, built)
             return memories[label]
 
     full_label = next((s.label for s in specs if s.method == "full"), None)
@@ -94,21 +98,23 @@ def run_comparison(request: Request, jobs: int = 1, store: str | Path | None = N
 
 
 class CurveBuilds:
-    """Every method's line curves (shape_memory.line_curves), built ahead in `jobs` child processes (in this
-    thread with isolate=False), full fine-tuning's first: each lane waits only for the method it analyses."""
+    """Every method's line curves and its run at the asked shape (shape_memory.line_curves), built ahead in `jobs`
+    child processes (in this thread with isolate=False), full fine-tuning's first: each lane waits only for the
+    method it analyses. `options`: the RunOptions of the lanes' runs, so that the asked run is theirs."""
 
-    def __init__(self, specs: dict[str, RunSpec], lines: list[tuple[list[str], int | None]], jobs: int,
-                 isolate: bool) -> None:
-        self.specs, self.lines = specs, lines
+    def __init__(self, specs: dict[str, RunSpec], lines: list[tuple[list[str], int | None]], options: dict[str, Any],
+                 jobs: int, isolate: bool) -> None:
+        self.specs, self.lines, self.options = specs, lines, options
         order = sorted(specs, key=lambda label: specs[label].method != "full")
         self.pool = None
         if isolate:
             self.pool = ProcessPoolExecutor(max(1, jobs), mp_context=multiprocessing.get_context("spawn"))
-            self.futures = {label: self.pool.submit(line_curves, specs[label].to_dict(), lines) for label in order}
+            self.futures = {label: self.pool.submit(line_curves, specs[label].to_dict(), lines, options)
+                            for label in order}
 
-    def get(self, label: str) -> dict[str, Any] | str:
+    def get(self, label: str) -> LineCurves:
         if self.pool is None:
-            return line_curves(self.specs[label].to_dict(), self.lines)
+            return line_curves(self.specs[label].to_dict(), self.lines, self.options)
         return self.futures[label].result()
 
     def close(self) -> None:

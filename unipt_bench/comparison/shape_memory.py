@@ -11,8 +11,10 @@ that took.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..config import RunSpec
@@ -67,6 +69,11 @@ class Tracer:
             self.cache[key] = result
         self.local.traces += 1  # this thread's (lane's) own count
         return result
+
+    def keep(self, spec: RunSpec, result: RunResult) -> None:
+        """A run of `spec` made elsewhere (as a lane would make it): answered from here, not traced again."""
+        with self.lock:
+            self.cache.setdefault(spec.digest(), result)
 
     @property
     def lane_traces(self) -> int:
@@ -181,16 +188,31 @@ class LineMemory:
         return None if best is None else min(best, limit)
 
 
-def line_curves(spec_data: dict[str, Any], lines: list[tuple[list[str], int | None]]) -> dict[str, Any] | str:
-    """The curves of `spec` along each line (axes varied together from the spec's shape, and the largest value
-    they may take, None for no limit), sharing their traces: {"curves": [MemoryCurve.to_dict(), ...],
-    "traces": distinct shapes traced}, or why no curve can be built. Each curve is verified one step past its
-    grid, or one step below it where that passes the limit (a model's last position embedding); the batch
-    curve at the spec's own batch, a shape the length curves trace anyway."""
+@dataclass
+class LineCurves:
+    """What is built ahead for one method (`line_curves`): its curves along the lines, or why none, and its run at
+    the asked shape, which the curves share as a trace, so that the lane analysing the method traces nothing."""
+
+    curves: list[dict[str, Any]]  # MemoryCurve.to_dict() per line ([]: none could be built)
+    traces: int  # distinct shapes traced, the asked run included
+    why: str = ""  # why no curve could be built
+    asked: dict[str, Any] | None = None  # the RunResult (a dict) at the asked shape, exactly as a lane runs it
+
+
+def line_curves(spec_data: dict[str, Any], lines: list[tuple[list[str], int | None]],
+                asked_options: dict[str, Any] | None = None) -> LineCurves:
+    """`spec`'s curves along each line (axes varied together from the spec's shape, and the largest value they may
+    take, None for no limit), sharing their traces. Each curve is verified one step past its grid, or one step
+    below it where that passes the limit (a model's last position embedding); the batch curve at the spec's own
+    batch, a shape the length curves trace anyway. With `asked_options`, the spec's own shape is run first as
+    `run` runs it (those RunOptions) and that run is the curves' trace there."""
     from ..curves import TraceCache, memory_curve, verify
 
     spec = RunSpec.from_dict(spec_data)
     cache = TraceCache()
+    asked = None if asked_options is None else asked_run(spec, asked_options, cache)
+    if asked is not None and asked["status"] != "ok":
+        return LineCurves([], len(cache.done), why=asked["message"] or asked["status"], asked=asked)
     try:
         curves = []
         for axes, limit in lines:
@@ -199,8 +221,28 @@ def line_curves(spec_data: dict[str, Any], lines: list[tuple[list[str], int | No
                 verify(curve, verification_point(curve, limit, spec.batch))
             curves.append(curve)
     except (ValueError, RuntimeError, UserError, NotApplicable) as exc:  # the traced runs say why
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return {"curves": [curve.to_dict() for curve in curves], "traces": len(cache.done)}
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return LineCurves([], len(cache.done), why=why, asked=asked)
+    return LineCurves([curve.to_dict() for curve in curves], len(cache.done), asked=asked)
+
+
+def asked_run(spec: RunSpec, options: dict[str, Any], cache: Any) -> dict[str, Any]:
+    """The spec's run as a lane makes it (`runner.execute` with `options`), its allocation events recorded; when
+    it is ok, also the curves' trace at its shape (in `cache`, a curves.TraceCache)."""
+    from ..curves import TRACING, Traced, strip_buckets, with_shape
+    from ..memory import events as allocation_events
+    from ..memory.ddp_buckets import CATEGORY
+    from ..runner import execute
+
+    started = time.perf_counter()
+    with TRACING, allocation_events.recording() as events:
+        result = execute(spec.to_dict(), options)
+    if result["status"] == "ok":
+        figures = result["memory"]["memtracker_fake"]
+        buckets = figures["by_category"].get(CATEGORY, 0)
+        traced = Traced(strip_buckets(figures, buckets), events, buckets, time.perf_counter() - started)
+        cache.done[with_shape(RunSpec.from_dict({**spec.to_dict(), "mode": "estimate"}), {}).digest()] = traced
+    return result
 
 
 def verification_point(curve: Any, limit: int | None, batch: int) -> Shape:
@@ -216,13 +258,13 @@ def verification_point(curve: Any, limit: int | None, batch: int) -> Shape:
     return {a: curve.start[a] - curve.step[a] for a in curve.axes}
 
 
-def shape_memory(spec: RunSpec, asked: Shape, tracer: Tracer, curves: dict[str, Any] | str | None) -> ShapeMemory:
+def shape_memory(spec: RunSpec, asked: Shape, tracer: Tracer, curves: LineCurves | None) -> ShapeMemory:
     """The method's memory over the asked shape's lines: its exact curves in estimate mode (`line_curves`, built
     by the caller), else (cuda, or a model that cannot take the curves' grid of shapes, e.g. a ViT whose
     position embeddings fix its image size) traced shape by shape."""
     from ..curves import MemoryCurve
 
     traced = TracedMemory(spec, tracer)
-    if spec.mode != "estimate" or not isinstance(curves, dict):
+    if spec.mode != "estimate" or curves is None or not curves.curves:
         return traced
-    return LineMemory(asked, [MemoryCurve.from_dict(c) for c in curves["curves"]], traced, curves["traces"])
+    return LineMemory(asked, [MemoryCurve.from_dict(c) for c in curves.curves], traced, curves.traces)

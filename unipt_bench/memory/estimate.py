@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn, optim
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.autograd.graph import register_multi_grad_hook
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType, _UpdateType, _WeakRefInfo
 from torch.distributed._tools.mod_tracker import ModTracker
@@ -52,6 +52,7 @@ CATEGORY_OF = {
 
 DYNAMIC = (_MemRefType.ACT, _MemRefType.TEMP)
 FAKE_MODE = torch._C._TorchDispatchModeKey.FAKE
+DEVICE_QUERY = torch.ops.prim.device.default  # a fake tensor's `.device`: two in three ops of a traced step
 
 
 class _NoHook:
@@ -206,6 +207,9 @@ class PhasedMemTracker(MemTracker):
         """
         if DTensor in types:
             return NotImplemented
+        if func is DEVICE_QUERY and isinstance(args[0], FakeTensor):  # fake mode's own answer, without its dispatch
+            self._update_peak_stats(None)
+            return torch.device("meta") if args[0].fake_mode.in_kernel_invocation else args[0].fake_device
         res = func(*args, **(kwargs or {}))
         if torch._C._get_dispatch_mode(FAKE_MODE) is self._fake_mode_on_entry:
             if self._in_opt:

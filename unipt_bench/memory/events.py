@@ -196,6 +196,33 @@ def replay(events: AllocationEvents, nbytes: np.ndarray | None = None) -> dict[s
     return {**out, "by_phase": by_phase, "step_peak_bytes": step_peaks}
 
 
+class PeakReplay:
+    """`replay(events, nbytes)["peak_bytes"]` alone, for many `nbytes`: what depends on the events only (which
+    event adds or removes bytes, the previous event of each storage, where the peak may be taken) is computed
+    once, so that each peak is one weighted sum and one cumulative sum over the events."""
+
+    def __init__(self, events: AllocationEvents) -> None:
+        kind, cat, old = events.numpy("kind"), events.numpy("category"), events.numpy("old_category")
+        counted = np.ones(len(CATEGORIES) + 1, dtype=np.int64)  # per category (and NONE, last): do its bytes count
+        if events.grads_in_buckets:
+            counted[CATEGORIES.index("grads")] = 0
+        into = np.where(kind <= RELABEL, counted[cat], 0)  # 1 where the event's bytes count in its category
+        out_of = np.where(kind == RELABEL, counted[old], 0)  # a relabel's bytes leave its previous category
+        self.own = np.select([kind == ALLOC, kind == FREE, kind == RESIZE, kind == RELABEL],
+                             [into, -into, into, into - out_of], 0)  # change = own * size + previous_weight * size[previous]
+        self.previous_weight = np.where(kind == RESIZE, -into, 0)
+        self.previous = previous_of_serial(events.numpy("serial"), kind <= RELABEL)
+        starts = np.flatnonzero(kind == START)
+        first = starts[0] if len(starts) else 0
+        index = np.arange(len(kind))
+        self.candidates = index[(index == first) | ((kind == CHECK) & (index > first))]
+
+    def peak(self, nbytes: np.ndarray) -> int:
+        size = nbytes.astype(np.int64, copy=False)
+        total = np.cumsum(self.own * size + self.previous_weight * size[self.previous])
+        return int(total[self.candidates].max())
+
+
 def previous_of_serial(serial: np.ndarray, storage: np.ndarray) -> np.ndarray:
     """For each storage event, the index of the previous event of the same storage (itself for the first)."""
     n = len(serial)
