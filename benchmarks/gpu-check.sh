@@ -7,7 +7,9 @@
 #   4. an HTML report of the cuda results;
 #   5. the allocator replay against the real caching allocator (benchmarks/allocator_check.py): the GPU's own
 #      recorded trace replayed segment by segment, and the estimate's predicted max_memory_reserved beside
-#      the measured one, for the same BERT runs as selfcheck (a table for docs/gpu-calibration.md).
+#      the measured one, for the same BERT runs as selfcheck (a table for docs/gpu-calibration.md);
+#   6. `compare` in cuda mode (each asked shape and every probed batch measured on the GPU) beside the same
+#      comparison in estimate mode, with its page: the measured peaks and largest batches against the curves'.
 # Everything lands in OUTPUT_DIR (default gpu-check/); the exit status is non-zero if any step failed.
 # Usage: bash benchmarks/gpu-check.sh [OUTPUT_DIR]     (PYTHON=... to use another interpreter)
 set -uo pipefail
@@ -32,6 +34,9 @@ step smoke-cuda-results "$py" -m unipt_bench.cli results --suite smoke --out "$o
 step benchmark "$py" -m pytest benchmarks --benchmark-only -k cuda -s -p no:cacheprovider \
   --benchmark-json "$out/benchmark.json"
 step allocator "$py" benchmarks/allocator_check.py "$out/allocator"
+compare_args=(--model tiny-bert --task classification --batch 32 --seq-len 32 --budget 64MiB --methods lora,unipt)
+step compare-estimate "$py" -m unipt_bench.cli compare "${compare_args[@]}" --mode estimate --format json
+step compare-cuda "$py" -m unipt_bench.cli compare "${compare_args[@]}" --mode cuda --report "$out/compare-cuda.html"
 step report "$py" -m unipt_bench.cli report --suite flickr30k --results "$out/results" --out "$out/flickr30k-cuda.html"
 
 if [ "${#failed[@]}" -gt 0 ]; then

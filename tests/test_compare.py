@@ -153,12 +153,14 @@ BAD = {
     "axis the task does not have": (["--frames", "4"], "no frames axis"),
     "unknown GPU": (["--gpu", "Z9000"], "unknown GPU"),
     "budget below the weights": (["--budget", "1KiB"], "nothing fits"),
+    "cuda mode without a GPU": (["--mode", "cuda"], "no CUDA GPU is visible"),  # is_available() patched False
 }
 
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, folders, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # the same answer on a machine with a GPU
     extra, words = BAD[case]
     given = {extra[i]: extra[i + 1] for i in range(0, len(extra), 2)}
     defaults = {"--model": f"hf:{folders['roberta']}", "--task": "classification", "--batch": "4",

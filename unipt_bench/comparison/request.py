@@ -160,6 +160,11 @@ def make_request(model: str, task: str, batch: int, shape: dict[str, int | None]
         raise UserError(f"--task {task!r}: one of {', '.join(TASKS)}")
     if batch < 1:
         raise UserError(f"--batch {batch}: must be at least 1")
+    if mode == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--mode cuda: no CUDA GPU is visible; --mode estimate answers without one")
     asked = {k: v for k, v in shape.items() if v is not None}
     for key, value in asked.items():
         if value < 1:
