@@ -4,7 +4,7 @@ curve (goal: at most 60 s in estimate mode on two cores; measured: 128-132 s wit
 machine at 32, 128 and 512 tokens, 7 traces of about 1.7 s each per method, docs/curves.md). A benchmark,
 not a test: its figures depend on what else the machine runs.
 
-    python benchmarks/compare_speed.py [--seq-len 32,128,512] [--jobs 2] [--methods ...]
+    python benchmarks/compare_speed.py [--seq-len 32,128,512] [--jobs N] [--methods ...]   (--jobs: compare's default)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ GOAL_SECONDS = 60
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-len", default="32", help="comma-separated lengths, one comparison each")
-    parser.add_argument("--jobs", default="1")
+    parser.add_argument("--jobs", default=None, help="compare's --jobs (default: compare's, every core)")
     parser.add_argument("--methods", default=None)
     args = parser.parse_args()
     from transformers import BertConfig
@@ -33,7 +33,8 @@ def main() -> None:
         for seq_len in args.seq_len.split(","):
             command = [sys.executable, "-m", "unipt_bench.cli", "compare", "--model", f"hf:{folder}/bert-base",
                        "--task", "retrieval", "--batch", "112", "--seq-len", seq_len, "--budget", "24GiB",
-                       "--jobs", args.jobs, *(["--methods", args.methods] if args.methods else [])]
+                       *(["--jobs", args.jobs] if args.jobs else []),
+                       *(["--methods", args.methods] if args.methods else [])]
             start = time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
             seconds = time.perf_counter() - start

@@ -192,3 +192,13 @@ def test_memory_options_apply_to_every_method_and_reach_the_suite(folders, tmp_p
     assert rows["full"]["activations_bytes"] < before["full"]["activations_bytes"]
     with pytest.raises(UserError, match="layernorm must be one of none, ms"):
         request_of(model, "classification", 4, seq_len=8, budget="1GiB", memory={"layernorm": "fast"})
+
+
+def test_methods_at_once_default_to_the_cores_in_estimate_mode_only(monkeypatch) -> None:
+    from unipt_bench.comparison import run as comparison_run
+
+    monkeypatch.setattr("unipt_bench.launch.cores", lambda: 8)
+    assert comparison_run.default_jobs("estimate", 16, isolate=True) == 8
+    assert comparison_run.default_jobs("estimate", 3, isolate=True) == 3  # no idle child process per core
+    assert comparison_run.default_jobs("cuda", 16, isolate=True) == 1  # the lanes would share one GPU
+    assert comparison_run.default_jobs("estimate", 16, isolate=False) == 1  # one tracker at a time in a process

@@ -38,7 +38,8 @@ def list_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--mode", type=click.Choice(["estimate", "cuda"]), default="estimate", show_default=True,
               help="How the asked shape and the largest batch are measured (per-unit figures are estimates).")
 @memory_option_flags("for every method")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Methods analysed at once.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Methods analysed at once (default: every core in estimate mode, 1 in cuda mode).")
 @click.option("--limit", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Largest batch considered.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
@@ -49,7 +50,7 @@ def list_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> 
               help="Result store read for measured accuracy (env UNIPT_BENCH_RESULTS).")
 def compare(model: str, task: str, batch: int, seq_len: int | None, image_size: int | None, frames: int | None,
             budget: str | None, gpu: str | None, methods: str | None, mode: str, checkpointing: str | None,
-            approx_bp: str | None, layernorm: str | None, jobs: int, limit: int, fmt: str,
+            approx_bp: str | None, layernorm: str | None, jobs: int | None, limit: int, fmt: str,
             report: str | None, save_suite: str | None, store: str) -> None:
     """Compare every applicable PETL method on your model: trainable parameters, peak memory by category,
     whether it fits the budget, the largest batch that does, bytes per extra sample and token, and the length

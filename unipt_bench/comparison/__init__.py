@@ -31,21 +31,22 @@ def request_of(model: str, task: str, batch: int, seq_len: int | None = None, im
                         budget_bytes, label, method_names(methods), mode, memory)
 
 
-def comparison_of(request: Request, jobs: int = 1, store: str | Path | None = None, limit: int = 4096,
+def comparison_of(request: Request, jobs: int | None = None, store: str | Path | None = None, limit: int = 4096,
                   **callbacks: Any) -> Comparison:
     return run_comparison(request, jobs=jobs, store=store, limit=limit, **callbacks)
 
 
 def compare(model: str, task: str, batch: int, seq_len: int | None = None, image_size: int | None = None,
             frames: int | None = None, budget: str | int | None = None, gpu: str | None = None,
-            methods: str | list[str] | None = None, mode: str = "estimate", jobs: int = 1,
+            methods: str | list[str] | None = None, mode: str = "estimate", jobs: int | None = None,
             store: str | Path | None = None, limit: int = 4096, isolate: bool = True,
             memory: dict[str, str | None] | None = None) -> Any:
     """Every applicable PETL method on `model` for `task` at the shape, against a budget (bytes or "24GiB") or a
     GPU name: a DataFrame with one row per method (see `unipt-bench compare --help` for the columns).
     `memory`: memory options applied to every method, e.g. {"checkpointing": "blocks", "approx_bp": "regelu2",
-    "layernorm": "ms"} (docs/methods.md, Memory options). isolate=False traces in this process instead of a
-    child process (estimate mode)."""
+    "layernorm": "ms"} (docs/methods.md, Memory options). `jobs`: methods at once (default: every core in
+    estimate mode, one in cuda mode). isolate=False traces in this process instead of a child process
+    (estimate mode)."""
     from .table import data_frame
 
     request = request_of(model, task, batch, seq_len, image_size, frames, budget, gpu, methods, mode, memory)

@@ -33,18 +33,20 @@ class Comparison:
         return [row.values for row in self.rows]
 
 
-def run_comparison(request: Request, jobs: int = 1, store: str | Path | None = None, limit: int = 4096,
+def run_comparison(request: Request, jobs: int | None = None, store: str | Path | None = None, limit: int = 4096,
                    isolate: bool = True,
                    on_start: Callable[[RunSpec], None] = lambda spec: None,
                    on_done: Callable[[RunSpec, MethodRow], None] = lambda spec, row: None) -> Comparison:
     """Trace and analyse every method; full fine-tuning is the reference every crossing is measured against.
     isolate=False traces in this process (estimates only leave nothing behind; tests use it to save the
-    child process's start)."""
+    child process's start). `jobs` (methods at once): by default every core in estimate mode (at most one per
+    method), one in cuda mode (the lanes share one GPU) and in this process."""
     from ..runner import Lane, serve_lanes
 
     started = time.perf_counter()
     text = suite_text(request)
     specs = suite_specs(text, request.mode)
+    jobs = jobs or default_jobs(request.mode, len(specs), isolate)
     tracer = Tracer()
     asked: Shape = {"batch": request.batch, **request.axes()}
     lines = [(["batch"], None), *((list(axis.names), axis.limit) for axis in comparison_axes(request))]
@@ -95,6 +97,14 @@ def run_comparison(request: Request, jobs: int = 1, store: str | Path | None = N
     comparison.seconds = round(time.perf_counter() - started, 1)
     comparison.traces = tracer.traces + sum(memory.curve_traces for memory in memories.values())
     return comparison
+
+
+def default_jobs(mode: str, methods: int, isolate: bool) -> int:
+    """Methods analysed at once when not given: estimates fill the cores (as `run`'s do); cuda runs and
+    in-process traces (one tracker at a time) go one by one."""
+    from ..launch import cores
+
+    return max(1, min(cores(), methods)) if mode == "estimate" and isolate else 1
 
 
 class CurveBuilds:
