@@ -200,6 +200,10 @@ def make_request(model: str, task: str, batch: int, shape: dict[str, int | None]
             takes = ", ".join(SHAPE_FLAGS[k] for k in SHAPE_FLAGS if k in has) or "no length flag"
             raise UserError(f"{SHAPE_FLAGS[key]}: {task} on {model} has no {key.replace('_', ' ')} axis "
                             f"(it takes {takes})")
+    for tower in towers:
+        if tower.position_limit and asked.get("seq_len", 0) > tower.position_limit:
+            raise UserError(f"--seq-len {asked['seq_len']}: {tower.backbone} takes at most {tower.position_limit} "
+                            "tokens (its position embeddings)")
     if budget_bytes < request.floor_bytes:
         from ..cli.format import human_bytes
 

@@ -83,6 +83,7 @@ def run_comparison(request: Request, jobs: int | None = None, store: str | Path 
     finally:
         if curves is not None:
             curves.close()
+    refuse_unrunnable_shape(request, rows.get(full_label))
     comparison = Comparison(request, text, [rows[s.label] for s in specs if s.label in rows])
     on_front = front_members(comparison.table())
     scores = trained_scores(store, specs) if store is not None else {}
@@ -130,6 +131,18 @@ class CurveBuilds:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def refuse_unrunnable_shape(request: Request, full: MethodRow | None) -> None:
+    """A shape full fine-tuning cannot run (e.g. images of another size than a ViT's position embeddings take) is
+    bad input, not a comparison: one line (the model's own reason), nothing written."""
+    if full is None or full.values.get("status") != "error":
+        return
+    from ..errors import UserError
+    from .request import SHAPE_FLAGS
+
+    shape = ", ".join([f"--batch {request.batch}", *(f"{SHAPE_FLAGS[k]} {v}" for k, v in request.shape.items())])
+    raise UserError(f"{request.model} cannot train at {shape}: {full.values.get('reason')}")
 
 
 def same_as_full(values: dict[str, Any], full: dict[str, Any]) -> bool:
