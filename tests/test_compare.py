@@ -152,6 +152,7 @@ BAD = {
     "task the model cannot serve": (["--task", "grounding"], "grounding takes"),
     "axis the task does not have": (["--frames", "4"], "no frames axis"),
     "unknown GPU": (["--gpu", "Z9000"], "unknown GPU"),
+    "both a budget and a GPU": (["--gpu", "T4", "--budget", "1GiB"], "give one of them"),
     "budget below the weights": (["--budget", "1KiB"], "nothing fits"),
     "cuda mode without a GPU": (["--mode", "cuda"], "no CUDA GPU is visible"),  # is_available() patched False
     "longer than the position embeddings": (["--seq-len", "100000"], "takes at most"),

@@ -55,6 +55,7 @@ def compare(model: str, task: str, batch: int, seq_len: int | None, image_size: 
     """Compare every applicable PETL method on your model: trainable parameters, peak memory by category,
     whether it fits the budget, the largest batch that does, bytes per extra sample and token, and the length
     at which its peak reaches full fine-tuning's."""
+    import os
     from pathlib import Path
 
     from ..atomic import write_atomic
@@ -67,6 +68,8 @@ def compare(model: str, task: str, batch: int, seq_len: int | None, image_size: 
     for path, flag in ((report, "--report"), (save_suite, "--save-suite")):
         if path is not None and (Path(path).is_dir() or not Path(path).resolve().parent.is_dir()):
             raise UserError(f"{flag} {path}: its folder does not exist")
+        if path is not None and not os.access(Path(path).resolve().parent, os.W_OK):
+            raise UserError(f"{flag} {path}: its folder is not writable")
     total = len(request.methods)
     counter = {"done": 0}
 

@@ -218,7 +218,9 @@ def budget_of(budget: str | int | None, gpu: str | None) -> tuple[int, str]:
     from ..fit import parse_bytes
     from ..gpus import GIB, gpu_memory
 
-    if (budget is None) == (gpu is None):
+    if budget is not None and gpu is not None:
+        raise UserError("--budget and --gpu: give one of them (the GPU's memory is the budget)")
+    if budget is None and gpu is None:
         raise UserError("give a memory budget: --budget (e.g. 24GiB) or --gpu (a name; --gpu list shows them)")
     if gpu is not None:
         name, memory = gpu_memory(gpu)
