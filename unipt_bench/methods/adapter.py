@@ -47,6 +47,7 @@ class Adapted(nn.Module):
 @register_method("adapter")
 @dataclass
 class Adapter(Method):
+    module_names = ("adapter",)
     needs = (AdapterSites,)
     reduction: int = bounded(16, at_least=1)  # transformer bottleneck = D / 16 (Houlsby)
     cnn_reduction: int = bounded(8, at_least=1)  # CNN bottleneck = C / 8 (with the 2048 -> 1024 head: the paper's 3.5M)

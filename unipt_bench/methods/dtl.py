@@ -104,6 +104,7 @@ class DTLTuned(nn.Module):
 @register_method("dtl")
 @dataclass
 class DTL(Method):
+    module_names = ("csn",)
     kinds = TOKEN_KINDS
     needs = (Blocks,)
     rank: int = bounded(2, at_least=1)  # r of each low-rank map (train_vit_vtab.py:75; every VTAB script: --r 2)

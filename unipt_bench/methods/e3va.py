@@ -63,6 +63,7 @@ class Highway(nn.Module):
 @register_method("e3va")
 @dataclass
 class E3VA(Method):
+    module_names = ("side",)
     kinds = TOKEN_KINDS
     needs = (AdapterSites,)
     side = True

@@ -18,6 +18,7 @@ from .base import Method, freeze, register_method
 @register_method("lora")
 @dataclass
 class LoRA(Method):
+    module_names = ("lora_A", "lora_B")
     needs = (LoraTargets,)
     rank: int = bounded(8, at_least=1)
     alpha: int = bounded(16, at_least=1)

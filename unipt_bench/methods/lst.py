@@ -115,6 +115,7 @@ class EncDecLadder(nn.Module):
 @register_method("lst")
 @dataclass
 class LST(Method):
+    module_names = ("side",)
     kinds = TOKEN_KINDS | {"cnn", "encdec"}
     side = True
     reduction: int = bounded(4, at_least=1)  # transformer side width d = D / 4 (the paper's comparisons)

@@ -182,6 +182,7 @@ class M2IST(Method):
     """TransVG's design on MDETR: the joint encoder takes the vision branch's adapters (the DETR encoder's in
     TransVG), the first L text layers the language branch's (L = 6 of BERT's 12 there: med.py:513-518)."""
 
+    module_names = ("side",)
     kinds = frozenset({"encdec"})
     side = False  # the encoders run under no_grad, but the decoder (part of the backbone) trains with gradients
     bottleneck: int = bounded(128, at_least=1)  # m: Linear(256, 128), Linear(768, 128), ShareAdapter(d_model=128),

@@ -171,6 +171,7 @@ NO_DESIGN = {
 @register_method("meft")
 @dataclass
 class MEFT(Method):
+    module_names = ("ffn_adapter", "rev_adapter")
     checkpointing_refusal = "its reversible layers replace the blocks and already recompute their activations in backward"
     kinds = TOKEN_KINDS
     bottleneck: int = bounded(8, at_least=1)  # adapter width (scripts/bert_glue.sh:7, DIM=8)

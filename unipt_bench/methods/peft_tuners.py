@@ -207,7 +207,10 @@ def peft_method(type_rest: str) -> type[PeftTuner]:
     reason = refusal_of(peft_type)
     if reason:
         raise UserError(f"method {type_name(peft_type)!r} does not run on a suite's towers: {reason}")
-    cls = type(f"Peft{peft_type.value.title()}", (PeftTuner,), {"peft_type": peft_type, "name": type_name(peft_type)})
+    layer = getattr(PEFT_TYPE_TO_TUNER_MAPPING[peft_type], "tuner_layer_cls", None)
+    markers = tuple(getattr(layer, "adapter_layer_names", ()))
+    cls = type(f"Peft{peft_type.value.title()}", (PeftTuner,),
+               {"peft_type": peft_type, "name": type_name(peft_type), "module_names": markers})
     return dataclass(cls)
 
 

@@ -91,6 +91,7 @@ class PrefixTuned(nn.Module):
 @register_method("prompt")
 @dataclass
 class Prompt(Method):
+    module_names = ("prefix_tokens", "prefix_mlp")
     checkpointing_refusal = ("the prefixes reach each layer's attention through state that lives only during the "
                              "forward, so a block recomputed in backward would run without them")
     needs = (AttentionFunctions,)

@@ -58,6 +58,7 @@ class ResTuningBypass(Method):
     ViT's blocks; a CNN's stages change width and resolution, and an encoder-decoder has two stacks, for
     which it states no bypass."""
 
+    module_names = ("side",)
     kinds = TOKEN_KINDS
     side = True
     hidden: int = bounded(32, at_least=1)  # Res-Adapter bottleneck a (restuning_components.py:85)

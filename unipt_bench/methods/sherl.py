@@ -94,6 +94,7 @@ class SHERL(Method):
     (MDETR/models/transformer.py:297-425) designs rerun a CNN bottleneck or a DETR decoder layer, which
     those backbones here do not offer (no LateLayers capability)."""
 
+    module_names = ("side",)
     kinds = TOKEN_KINDS
     needs = (LateLayers,)
     side = True

@@ -125,6 +125,7 @@ class Side4Video(Method):
     """A side network over a CLIP vision tower's frames; a text tower trains fully (the official retrieval
     script freezes only the vision encoder: Retrieval/script_train/run_train_msrvtt.sh:18, main_task_retrieval.py:214-221)."""
 
+    module_names = ("side",)
     kinds = frozenset({"transformer"})
     side_dim: int = bounded(320, at_least=HEAD_WIDTH)  # s: --side_dim 320 (Retrieval/script_train/run_train_msrvtt.sh:10)
 

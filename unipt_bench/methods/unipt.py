@@ -106,6 +106,7 @@ class ParallelPooled(nn.Module):
 @register_method("unipt")
 @dataclass
 class UniPT(Method):
+    module_names = ("side",)
     kinds = TOKEN_KINDS | {"cnn", "encdec"}
     side = True
     reduction: int = bounded(2, at_least=1)  # m = E / r (reference: E = 1024, m = 512)
