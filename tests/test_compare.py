@@ -212,3 +212,15 @@ def test_methods_at_once_default_to_the_cores_in_estimate_mode_only(monkeypatch)
     assert comparison_run.default_jobs("estimate", 3, isolate=True) == 3  # no idle child process per core
     assert comparison_run.default_jobs("cuda", 16, isolate=True) == 1  # the lanes would share one GPU
     assert comparison_run.default_jobs("estimate", 16, isolate=False) == 1  # one tracker at a time in a process
+
+
+def test_a_batch_curve_is_checked_off_its_grid_even_when_the_asked_batch_is_on_it() -> None:
+    from unipt_bench.comparison.shape_memory import verification_point
+    from unipt_bench.curves import MemoryCurve
+
+    batch_curve = MemoryCurve({}, ["batch"], {"batch": 2}, {"batch": 1}, exact=True)
+    assert verification_point(batch_curve, None, 112) == {"batch": 112}  # the asked run checks it
+    assert [verification_point(batch_curve, None, b) for b in (2, 3, 4, 5)] == [{"batch": 5}] * 4
+    length = MemoryCurve({}, ["text.seq_len"], {"text.seq_len": 30}, {"text.seq_len": 1}, exact=True)
+    assert verification_point(length, 512, 112) == {"text.seq_len": 33}
+    assert verification_point(length, 32, 112) == {"text.seq_len": 29}  # past the last position: one below

@@ -92,7 +92,8 @@ def peak_of(result: RunResult) -> int | None:
 
 class ShapeMemory(Protocol):
     source: str  # how shapes other than the asked one are answered: "curve" or "traces"
-    curve_traces: int  # traces made to build its curves (0 without)
+    curve_traces: int  # traces made ahead, to build its curves (its run at the asked shape among them; 0 without)
+    curve_seconds: float  # the seconds they took (in a child process, beside the other methods')
 
     def peak(self, shape: Shape) -> int | None: ...
 
@@ -103,10 +104,10 @@ class TracedMemory:
     """Every shape traced (cached per shape)."""
 
     source = "traces"
-    curve_traces = 0
 
-    def __init__(self, spec: RunSpec, tracer: Tracer) -> None:
+    def __init__(self, spec: RunSpec, tracer: Tracer, curve_traces: int = 0, curve_seconds: float = 0.0) -> None:
         self.spec, self.tracer = spec, tracer
+        self.curve_traces, self.curve_seconds = curve_traces, curve_seconds  # curves tried ahead, if any
 
     def peak(self, shape: Shape) -> int | None:
         return peak_of(self.tracer.result(spec_at(self.spec, shape)))
@@ -161,8 +162,9 @@ class LineMemory:
     lengths) and one per length axis (the asked batch), evaluated instead of traced. A shape off these lines,
     or on a line whose curve is not exact, is traced (`traced`)."""
 
-    def __init__(self, asked: Shape, curves: list[Any], traced: TracedMemory, curve_traces: int) -> None:
-        self.asked, self.curves, self.traced, self.curve_traces = asked, curves, traced, curve_traces
+    def __init__(self, asked: Shape, curves: list[Any], traced: TracedMemory) -> None:
+        self.asked, self.curves, self.traced = asked, curves, traced
+        self.curve_traces, self.curve_seconds = traced.curve_traces, traced.curve_seconds
         inexact = [c for c in curves if not c.exact]
         self.source = f"traces ({inexact[0].fallback_reason})" if inexact else "curve"
 
@@ -195,7 +197,8 @@ class LineCurves:
 
     curves: list[dict[str, Any]]  # MemoryCurve.to_dict() per line ([]: none could be built)
     traces: int  # distinct shapes traced, the asked run included
-    why: str = ""  # why no curve could be built
+    seconds: float = 0.0  # what building them took
+    why: str = ""  # why a line has no curve (the asked run failed, or the model cannot vary along it)
     asked: dict[str, Any] | None = None  # the RunResult (a dict) at the asked shape, exactly as a lane runs it
 
 
@@ -205,25 +208,31 @@ def line_curves(spec_data: dict[str, Any], lines: list[tuple[list[str], int | No
     take, None for no limit), sharing their traces. Each curve is verified one step past its grid, or one step
     below it where that passes the limit (a model's last position embedding); the batch curve at the spec's own
     batch, a shape the length curves trace anyway. With `asked_options`, the spec's own shape is run first as
-    `run` runs it (those RunOptions) and that run is the curves' trace there."""
+    `run` runs it (those RunOptions) and that run is the curves' trace there. A line the model cannot run along
+    gets no curve (`why` says why) and its shapes are traced when asked."""
     from ..curves import TraceCache, memory_curve, verify
 
+    started = time.perf_counter()
     spec = RunSpec.from_dict(spec_data)
     cache = TraceCache()
     asked = None if asked_options is None else asked_run(spec, asked_options, cache)
+
+    def built(curves: list[dict[str, Any]], why: str = "") -> LineCurves:
+        traces = len(cache.done) + (asked is not None and asked["status"] != "ok")  # a failed run ran, uncached
+        return LineCurves(curves, traces, round(time.perf_counter() - started, 3), why, asked)
+
     if asked is not None and asked["status"] != "ok":
-        return LineCurves([], len(cache.done), why=asked["message"] or asked["status"], asked=asked)
-    try:
-        curves = []
-        for axes, limit in lines:
+        return built([], why=asked["message"] or asked["status"])
+    curves, failed = [], []
+    for axes, limit in lines:  # a line the model cannot vary along (a ViT's image size) leaves the others be
+        try:
             curve = memory_curve(spec, axes, cache, verified=False)
             if curve.exact:
                 verify(curve, verification_point(curve, limit, spec.batch))
             curves.append(curve)
-    except (ValueError, RuntimeError, UserError, NotApplicable) as exc:  # the traced runs say why
-        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        return LineCurves([], len(cache.done), why=why, asked=asked)
-    return LineCurves([curve.to_dict() for curve in curves], len(cache.done), asked=asked)
+        except (ValueError, RuntimeError, UserError, NotApplicable) as exc:  # the traced runs say why
+            failed.append(f"{'+'.join(axes)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    return built([curve.to_dict() for curve in curves], "; ".join(failed))
 
 
 def asked_run(spec: RunSpec, options: dict[str, Any], cache: Any) -> dict[str, Any]:
@@ -246,13 +255,14 @@ def asked_run(spec: RunSpec, options: dict[str, Any], cache: Any) -> dict[str, A
 
 
 def verification_point(curve: Any, limit: int | None, batch: int) -> Shape:
-    """A shape off the curve's grid to trace and compare: the asked batch for the batch curve; else one step
-    past the grid, or one step below it when that would pass `limit`."""
+    """A shape off the curve's grid to trace and compare: the asked batch for the batch curve (one past the grid
+    when the asked batch is on it); else one step past the grid, or one step below it when that would pass
+    `limit`."""
     from ..curves import POINTS
 
-    if curve.axes == ["batch"]:
-        return {"batch": batch}
     past = {a: curve.start[a] + curve.step[a] * POINTS for a in curve.axes}
+    if curve.axes == ["batch"]:  # the asked batch, unless it is a grid point (2, 3, 4): no check there
+        return {"batch": batch} if batch >= past["batch"] else past
     if limit is None or all(v <= limit for v in past.values()):
         return past
     return {a: curve.start[a] - curve.step[a] for a in curve.axes}
@@ -264,7 +274,7 @@ def shape_memory(spec: RunSpec, asked: Shape, tracer: Tracer, curves: LineCurves
     position embeddings fix its image size) traced shape by shape."""
     from ..curves import MemoryCurve
 
-    traced = TracedMemory(spec, tracer)
+    traced = TracedMemory(spec, tracer, *((curves.traces, curves.seconds) if curves is not None else ()))
     if spec.mode != "estimate" or curves is None or not curves.curves:
         return traced
-    return LineMemory(asked, [MemoryCurve.from_dict(c) for c in curves.curves], traced, curves.traces)
+    return LineMemory(asked, [MemoryCurve.from_dict(c) for c in curves.curves], traced)

@@ -34,7 +34,7 @@ class Method(Configurable):
     kinds: ClassVar[frozenset[str] | None] = None
     needs: ClassVar[tuple[type, ...]] = ()
     side: ClassVar[bool] = False
-    module_names: ClassVar[tuple[str, ...]] = ()  # names of the modules it adds (memory attribution)
+    module_names: ClassVar[tuple[str, ...]] = ()  # the modules it adds (tests: such a method owns what trains)
     checks_backbones: ClassVar[bool] = False  # check_backbone runs on each tuned tower when a suite is read
     checkpointing_refusal: ClassVar[str] = ""  # why checkpointing the backbone's blocks cannot compose with it
 
