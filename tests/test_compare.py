@@ -224,3 +224,14 @@ def test_a_batch_curve_is_checked_off_its_grid_even_when_the_asked_batch_is_on_i
     length = MemoryCurve({}, ["text.seq_len"], {"text.seq_len": 30}, {"text.seq_len": 1}, exact=True)
     assert verification_point(length, 512, 112) == {"text.seq_len": 33}
     assert verification_point(length, 32, 112) == {"text.seq_len": 29}  # past the last position: one below
+
+
+def test_a_note_every_method_shares_is_printed_once() -> None:
+    from unipt_bench.comparison.table import split_notes
+
+    fixed = "image_size cannot vary: ValueError: Input image size (256*256) doesn't match model (224*224)."
+    rows = [{"method": "full", "note": fixed}, {"method": "partial", "note": f"max batch capped at --limit 4096; {fixed}"},
+            {"method": "lora", "note": fixed}]
+    assert split_notes(rows) == ([fixed], {"partial": "max batch capped at --limit 4096"})
+    assert split_notes(rows[1:2]) == ([], {"partial": rows[1]["note"]})  # one row: nothing shared to gather
+    assert split_notes([{"method": "a", "note": None}, {"method": "b", "note": "x"}]) == ([], {"b": "x"})

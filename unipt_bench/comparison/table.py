@@ -64,6 +64,15 @@ def per_unit(value: float | None) -> str:
     return "-" if value is None else human_bytes(round(value))
 
 
+def split_notes(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+    """(the note parts every row has, each row's other parts): a model that cannot vary its image size says so
+    once, not once per method."""
+    parts = {r["method"]: [p for p in (r.get("note") or "").split("; ") if p] for r in rows}
+    shared = [p for p in next(iter(parts.values()), []) if len(parts) > 1 and all(p in ps for ps in parts.values())]
+    return shared, {m: "; ".join(p for p in ps if p not in shared) for m, ps in parts.items()
+                    if any(p not in shared for p in ps)}
+
+
 def print_comparison(comparison: Comparison) -> None:
     """The terminal table: applicable methods with their figures, then the refusals with their reasons."""
     from rich.console import Console
@@ -108,7 +117,12 @@ def print_comparison(comparison: Comparison) -> None:
                   "CUDA context, a cuDNN bound; docs/allocator.md), unverified on a GPU")
     for r in refused:
         console.print(f"  {r['method']}: {r['status'].replace('_', ' ')}: {r.get('reason')}")
+    shared, notes = split_notes([r for r in rows if r.get("status") == "ok"])
+    for part in shared:
+        console.print(f"  every method: {part}")
+    for method, note in notes.items():
+        console.print(f"  {method}: {note}")
     for r in rows:
-        if r.get("note"):
+        if r.get("note") and r.get("status") != "ok":
             console.print(f"  {r['method']}: {r['note']}")
     console.print(f"{len(rows)} methods, {comparison.traces} traces, {comparison.seconds:.1f} s")
