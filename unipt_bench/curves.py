@@ -3,8 +3,8 @@
 Under fake tensors, a model without data-dependent control flow allocates and frees the same storages in
 the same order at every batch and sequence length; only their sizes change, each a polynomial in the shape
 (degree 1 in the batch, 2 with an in-batch similarity matrix; at most 2 in a sequence length, from
-attention; 2 in an image side; 1 in frames). `memory_curve` traces a 3-point grid per axis, checks that the
-traces' event sequences align, takes each event's forward differences (integers: no floating-point fit),
+attention; 2 in an image side, 4 with attention across its positions, which the check then finds; 1 in
+frames). `memory_curve` traces a 3-point grid per axis, checks that the traces' event sequences align, takes each event's forward differences (integers: no floating-point fit),
 and verifies the curve against one more trace, byte for byte. `MemoryCurve.at` then evaluates every event's
 size at a shape and replays the events (memory/events.py): the tracker's exact figures in milliseconds.
 Where the traces do not align (control flow that depends on the data or the shape) or the verification
