@@ -108,6 +108,7 @@ def test_image_models_a_vit_from_its_folder_and_a_timm_cnn_by_name(folders) -> N
     assert set(rows) == {"full", "lora", "adapter", "prompt"}
     assert rows["lora"]["status"] == "ok" and rows["lora"]["max_batch"]
     assert "image_size cannot vary" in rows["lora"]["note"]  # a ViT's position embeddings fix its image size
+    assert rows["lora"]["curve_mode"] == "estimate (curve)"  # the image line failed; the batch curve still answers
     cnn = run_comparison(request_of("timm:resnet18", "classification", 2, image_size=64, budget="200MiB",
                                     methods="bitfit,prompt"), isolate=False, limit=8)
     rows = {r["method"]: r for r in cnn.table()}
