@@ -4,8 +4,9 @@ Under fake tensors, a model without data-dependent control flow allocates and fr
 the same order at every batch and sequence length; only their sizes change, each a polynomial in the shape
 (degree 1 in the batch, 2 with an in-batch similarity matrix; at most 2 in a sequence length, from
 attention; 2 in an image side, 4 with attention across its positions, which the check then finds; 1 in
-frames). `memory_curve` traces a 3-point grid per axis, checks that the traces' event sequences align, takes each event's forward differences (integers: no floating-point fit),
-and verifies the curve against one more trace, byte for byte. `MemoryCurve.at` then evaluates every event's
+frames). `memory_curve` traces a 3-point grid per axis, checks that the traces' event sequences align,
+takes each event's forward differences (integers: no floating-point fit), and verifies the curve against
+one more trace, byte for byte. `MemoryCurve.at` then evaluates every event's
 size at a shape and replays the events (memory/events.py): the tracker's exact figures in milliseconds.
 Where the traces do not align (control flow that depends on the data or the shape) or the verification
 differs, the curve says why and `at` traces each asked shape instead. See docs/curves.md.
@@ -43,19 +44,25 @@ class Traced:
     bucket_bytes: int  # modelled DDP gradient buckets added to every figure (0 without)
     seconds: float
 
+    @classmethod
+    def of(cls, memory: dict[str, Any], events: AllocationEvents, seconds: float) -> Traced:
+        """From a profile's `memory` (its fake-tensor tracker's figures) and the events recorded meanwhile."""
+        from .memory.ddp_buckets import CATEGORY
+
+        figures = memory["memtracker_fake"]
+        buckets = figures["by_category"].get(CATEGORY, 0)
+        return cls(strip_buckets(figures, buckets), events, buckets, seconds)
+
 
 def trace(spec: RunSpec) -> Traced:
     """Profile `spec` in estimate mode, in this process, recording its allocation events."""
-    from .memory.ddp_buckets import CATEGORY
     from .profile import RunOptions, profile
 
     spec = RunSpec.from_dict({**spec.to_dict(), "mode": "estimate"})
     started = time.perf_counter()
     with TRACING, allocation_events.recording() as events:
         out = profile(spec, RunOptions(trackers=[]))
-    figures = out["memory"]["memtracker_fake"]
-    buckets = figures["by_category"].get(CATEGORY, 0)
-    return Traced(strip_buckets(figures, buckets), events, buckets, time.perf_counter() - started)
+    return Traced.of(out["memory"], events, time.perf_counter() - started)
 
 
 class TraceCache:
@@ -65,6 +72,10 @@ class TraceCache:
     def __init__(self, tracer: Callable[[RunSpec], Traced] = trace) -> None:
         self.tracer = tracer
         self.done: dict[str, Traced] = {}
+
+    def keep(self, spec: RunSpec, traced: Traced) -> None:
+        """A trace of `spec` made another way (e.g. as part of a full run): not traced again."""
+        self.done[RunSpec.from_dict({**spec.to_dict(), "mode": "estimate"}).digest()] = traced
 
     def __call__(self, spec: RunSpec) -> Traced:
         if spec.digest() not in self.done:

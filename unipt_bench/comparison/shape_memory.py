@@ -238,19 +238,15 @@ def line_curves(spec_data: dict[str, Any], lines: list[tuple[list[str], int | No
 def asked_run(spec: RunSpec, options: dict[str, Any], cache: Any) -> dict[str, Any]:
     """The spec's run as a lane makes it (`runner.execute` with `options`), its allocation events recorded; when
     it is ok, also the curves' trace at its shape (in `cache`, a curves.TraceCache)."""
-    from ..curves import TRACING, Traced, strip_buckets, with_shape
+    from ..curves import TRACING, Traced
     from ..memory import events as allocation_events
-    from ..memory.ddp_buckets import CATEGORY
     from ..runner import execute
 
     started = time.perf_counter()
     with TRACING, allocation_events.recording() as events:
         result = execute(spec.to_dict(), options)
     if result["status"] == "ok":
-        figures = result["memory"]["memtracker_fake"]
-        buckets = figures["by_category"].get(CATEGORY, 0)
-        traced = Traced(strip_buckets(figures, buckets), events, buckets, time.perf_counter() - started)
-        cache.done[with_shape(RunSpec.from_dict({**spec.to_dict(), "mode": "estimate"}), {}).digest()] = traced
+        cache.keep(spec, Traced.of(result["memory"], events, time.perf_counter() - started))
     return result
 
 

@@ -122,7 +122,4 @@ def print_comparison(comparison: Comparison) -> None:
         console.print(f"  every method: {part}")
     for method, note in notes.items():
         console.print(f"  {method}: {note}")
-    for r in rows:
-        if r.get("note") and r.get("status") != "ok":
-            console.print(f"  {r['method']}: {r['note']}")
     console.print(f"{len(rows)} methods, {comparison.traces} traces, {comparison.seconds:.1f} s")
