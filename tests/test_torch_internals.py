@@ -17,7 +17,6 @@ import torch
 from torch import nn
 from torch.distributed._tools import mem_tracker
 from torch.distributed._tools.mod_tracker import ModTracker
-from torch.utils import _pytree
 
 from unipt_bench.memory import estimate
 from unipt_bench.memory.estimate import TensorMemoryTracker, cuda_allocator_blocks
@@ -35,15 +34,14 @@ SIGNATURES = [
     (mem_tracker.MemTracker, "track_external", ["self", "external"]),
     (mem_tracker.MemTracker, "reset_mod_stats", ["self"]),
     (mem_tracker.MemTracker, "get_tracker_snapshot", ["self", "type"]),
-    (ModTracker, "_fw_pre_hook", ["self", "mod", "input"]),  # overridden by OrderedModTracker, then wrapped
+    (ModTracker, "_fw_pre_hook", ["self", "mod", "input"]),  # overridden by OrderedModTracker
     (ModTracker, "_get_mod_name", ["self", "mod"]),  # called by OrderedModTracker._fw_pre_hook
     (ModTracker, "_get_append_fn", ["self", "w_mod", "name", "is_bw"]),  # overridden (entry order)
     (ModTracker, "_get_pop_fn", ["self", "w_mod", "name", "is_bw"]),  # called by OrderedModTracker._fw_pre_hook
-    (ModTracker, "_fw_post_hook", ["self", "mod", "input", "output"]),  # wrapped by grad_hooks_only_with_grad
+    (ModTracker, "_fw_post_hook", ["self", "mod", "input", "output"]),  # overridden by OrderedModTracker
     (mem_tracker._WeakRefInfo, "__init__", ["self", "size", "element_size", "device", "reftype"]),
     (mem_tracker._WeakRefInfo, "_calculate_mem_consumed", ["self"]),  # replaced by cuda_allocator_blocks
     (mem_tracker._ModMemStats, "__init__", ["self", "mod_fqn"]),
-    (_pytree, "tree_map_only", ["type_or_types_or_pred", "func", "tree", "is_leaf"]),
 ]
 
 
@@ -106,7 +104,8 @@ def test_mem_tracker_still_calls_what_estimate_overrides(monkeypatch) -> None:
         monkeypatch.setattr(owner, name, wrapper)
 
     for owner, name in ((estimate.PhasedMemTracker, "_update_snap"), (estimate.PhasedMemTracker, "_update_peak_stats"),
-                        (ModTracker, "_get_append_fn"), (ModTracker, "_get_pop_fn"), (ModTracker, "_fw_post_hook")):
+                        (ModTracker, "_get_append_fn"), (ModTracker, "_get_pop_fn"),
+                        (estimate.OrderedModTracker, "_fw_pre_hook"), (estimate.OrderedModTracker, "_fw_post_hook")):
         record(owner, name)
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
     model[0].requires_grad_(False)  # needs the no-op grad hook handles in _param_to_grad_hook_handles
@@ -125,9 +124,11 @@ def test_mem_tracker_still_calls_what_estimate_overrides(monkeypatch) -> None:
             tracker.mark("evaluation")
             model(inputs)
     expected = {"PhasedMemTracker._update_snap", "PhasedMemTracker._update_peak_stats",
-                "ModTracker._get_append_fn", "ModTracker._get_pop_fn", "ModTracker._fw_post_hook"}
+                "ModTracker._get_append_fn", "ModTracker._get_pop_fn", "OrderedModTracker._fw_pre_hook",
+                "OrderedModTracker._fw_post_hook"}
     for member in sorted(expected - called):
-        pytest.fail(changed(member.replace("PhasedMemTracker", "MemTracker"), "MemTracker no longer calls it"))
+        member = member.replace("PhasedMemTracker", "MemTracker").replace("OrderedModTracker", "ModTracker")
+        pytest.fail(changed(member, "MemTracker no longer calls it"))
     result = tracker.result()
     assert result["peak_bytes"] % estimate.CUDA_BLOCK == 0 and result["peak_bytes"] > 0, changed(
         "_WeakRefInfo._calculate_mem_consumed", "storages no longer get their size from it")

@@ -43,6 +43,7 @@ class Traced:
     events: AllocationEvents
     bucket_bytes: int  # modelled DDP gradient buckets added to every figure (0 without)
     seconds: float
+    spliced: bool = False  # a grid point traced in its shape-dependent phases only, the rest a full trace's
 
     @classmethod
     def of(cls, memory: dict[str, Any], events: AllocationEvents, seconds: float) -> Traced:
@@ -56,30 +57,73 @@ class Traced:
 
 def trace(spec: RunSpec) -> Traced:
     """Profile `spec` in estimate mode, in this process, recording its allocation events."""
+    out, events, seconds = traced_profile(spec)
+    return Traced.of(out["memory"], events, seconds)
+
+
+def trace_shape_phases(spec: RunSpec) -> tuple[AllocationEvents, float]:
+    """The events of `spec`'s phases whose memory depends on the shape, and the seconds they took: one step that
+    does not update, then the evaluation (memory/splice.py lays them onto a full trace)."""
+    _, events, seconds = traced_profile(spec, shape_phases_only=True)
+    return events, seconds
+
+
+def traced_profile(spec: RunSpec, **options: Any) -> tuple[dict[str, Any], AllocationEvents, float]:
+    """`spec` profiled in estimate mode in this process, its allocation events recorded: (profile, events, seconds).
+    The allocator's replay is left out: a curve reads the events themselves."""
     from .profile import RunOptions, profile
 
     spec = RunSpec.from_dict({**spec.to_dict(), "mode": "estimate"})
     started = time.perf_counter()
     with TRACING, allocation_events.recording() as events:
-        out = profile(spec, RunOptions(trackers=[]))
-    return Traced.of(out["memory"], events, time.perf_counter() - started)
+        out = profile(spec, RunOptions(trackers=[], replay_allocator=False, **options))
+    return out, events, time.perf_counter() - started
 
 
 class TraceCache:
     """A tracer that traces each spec once (by digest), so that curves and searches over the same shapes share
-    their traces."""
+    their traces. Its `grid` traces a curve's grid point in the shape-dependent phases only once it knows a full
+    trace of the same run (any shape), the reference, and splices the rest from it (memory/splice.py)."""
 
-    def __init__(self, tracer: Callable[[RunSpec], Traced] = trace) -> None:
-        self.tracer = tracer
+    def __init__(self, tracer: Callable[[RunSpec], Traced] = trace,
+                 phases: Callable[[RunSpec], tuple[AllocationEvents, float]] = trace_shape_phases) -> None:
+        self.tracer, self.phases = tracer, phases
         self.done: dict[str, Traced] = {}
+        self.reference: Traced | None = None
+        self.unspliced = ""  # why a grid point had to be traced in full, if one did
 
     def keep(self, spec: RunSpec, traced: Traced) -> None:
         """A trace of `spec` made another way (e.g. as part of a full run): not traced again."""
         self.done[RunSpec.from_dict({**spec.to_dict(), "mode": "estimate"}).digest()] = traced
+        self.offer(traced)
+
+    def offer(self, traced: Traced) -> None:
+        """A full trace becomes the reference when there is none yet and its events replay to its figures."""
+        if self.reference is None and not traced.spliced:
+            replayed = allocation_events.replay(traced.events)
+            if all(replayed[k] == traced.figures[k] for k in COMPARED):
+                self.reference = traced
 
     def __call__(self, spec: RunSpec) -> Traced:
         if spec.digest() not in self.done:
             self.done[spec.digest()] = self.tracer(spec)
+            self.offer(self.done[spec.digest()])
+        return self.done[spec.digest()]
+
+    def grid(self, spec: RunSpec) -> Traced:
+        """A grid point's trace: spliced onto the reference where it aligns, else (or without one) a full trace."""
+        from .memory.splice import splice
+
+        if spec.digest() in self.done or self.reference is None:
+            return self(spec)
+        events, seconds = self.phases(spec)
+        sizes = splice(self.reference.events, events)
+        if isinstance(sizes, str):
+            self.unspliced = sizes
+            return self(spec)
+        spliced = self.reference.events.resized(sizes)
+        figures = allocation_events.replay(spliced)
+        self.done[spec.digest()] = Traced(figures, spliced, self.reference.bucket_bytes, seconds, spliced=True)
         return self.done[spec.digest()]
 
     def peak(self, spec: RunSpec) -> int:
@@ -228,9 +272,12 @@ class MemoryCurve:
         return {**add_buckets(traced.figures, traced.bucket_bytes), "source": "trace", "why": why}
 
     def trace_at(self, point: dict[str, int], use: str) -> Traced:
-        traced = self.tracer(with_shape(self.run_spec, point))
+        """A trace at `point`; a grid point's may be spliced (TraceCache.grid), a check's never is."""
+        grid = use == "grid" and isinstance(self.tracer, TraceCache)
+        traced = (self.tracer.grid if grid else self.tracer)(with_shape(self.run_spec, point))
         self.traced[key(point)] = traced
-        self.traces.append({"shape": dict(point), "seconds": round(traced.seconds, 3), "use": use})
+        self.traces.append({"shape": dict(point), "seconds": round(traced.seconds, 3), "use": use,
+                            **({"spliced": True} if traced.spliced else {})})
         return traced
 
     def peak(self, **shape: int) -> int:

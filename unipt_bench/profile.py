@@ -64,12 +64,14 @@ def train_step(
     micro_batches: int = 1,
     autocast: Callable[[], Any] = nullcontext,
     scaler: Any = None,
+    update: bool = True,
 ) -> torch.Tensor:
     """(forward -> backward) x micro_batches -> (clip) optimizer step -> zero_grad(set_to_none).
 
     Phases are marked for the trackers. With gradient accumulation the gradients of the first
     micro-batch stay alive through the next forward, which is where accumulation's peak lies.
     `autocast` wraps the forward (AMP); an fp16 `scaler` scales the loss and unscales before clipping.
+    update=False: the optimizer phase only drops the gradients (a curve's grid point, see `RunOptions`).
     Returns the last micro-batch's loss, detached.
     """
     for _ in range(micro_batches):
@@ -79,15 +81,16 @@ def train_step(
         tracker.mark("backward")
         (scaler.scale(loss) if scaler is not None else loss).backward()
     tracker.mark("optimizer")
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+    if update:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     tracker.end_step()
     return loss.detach()
@@ -171,14 +174,14 @@ class Prepared:
     def runs(self) -> nn.Module:
         return self.module if self.module is not None else self.built.model
 
-    def step(self, tracker: Any, micro_batches: int = 1) -> None:
+    def step(self, tracker: Any, micro_batches: int = 1, update: bool = True) -> None:
         train_step(self.runs, self.batch, self.optimizer, self.params, self.built.task.recipe.grad_clip,
-                   tracker, micro_batches)
+                   tracker, micro_batches, update=update)
 
-    def trace(self, tracker: Any, steps: int, micro_batches: int = 1) -> None:
+    def trace(self, tracker: Any, steps: int, micro_batches: int = 1, update: bool = True) -> None:
         """What a profile tracks: `steps` training steps, then the evaluation forward of the same batch."""
         for _ in range(steps):
-            self.step(tracker, micro_batches)
+            self.step(tracker, micro_batches, update)
         evaluation_pass(self.runs, self.batch, tracker)
 
     def timed_step(self, tracker: Any) -> float:
@@ -217,6 +220,9 @@ class RunOptions:
     # cpu: also count every CPU allocation from model build on (torch.profiler): what the tensor tracker cannot see
     count_allocations: bool = True
     replay_allocator: bool = True  # estimate, cpu: replay the CUDA caching allocator on the traced allocations
+    # estimate, a memory curve's grid point: one step whose optimizer phase drops the gradients without updating,
+    # then the evaluation; the phases whose memory depends on the shape (memory/splice.py; figures partial)
+    shape_phases_only: bool = False
 
 
 def materialise(spec: RunSpec, stack: ExitStack) -> Built:
@@ -264,7 +270,10 @@ def profile(spec: RunSpec, options: RunOptions | None = None,
         traced = time.perf_counter()
         with allocator_history(options.snapshot if spec.mode == "cuda" else None, options.snapshot_entries):
             with trackers, SdpaCalls() as sdpa:
-                run.trace(trackers, spec.steps, min(spec.accumulate, MAX_MICRO_BATCHES))
+                if options.shape_phases_only:
+                    run.trace(trackers, 1, min(spec.accumulate, MAX_MICRO_BATCHES), update=False)
+                else:
+                    run.trace(trackers, spec.steps, min(spec.accumulate, MAX_MICRO_BATCHES))
         timing: dict[str, Any] = {"build_seconds": built_seconds, "tracked_seconds": time.perf_counter() - traced}
         if spec.mode != "estimate":
             seconds = [run.timed_step(NullTracker()) for _ in range(TIMED_STEPS)]

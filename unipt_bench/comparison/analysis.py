@@ -155,18 +155,20 @@ def analyse(spec: RunSpec, request: Request, tracer: Tracer, memory: ShapeMemory
 
 
 def batch_points(memory: ShapeMemory, shape: Shape, best: int | None) -> list[tuple[int, int]]:
-    """Peaks to draw against the batch: every batch already traced (traces), or a grid (curves)."""
-    if isinstance(memory, TracedMemory):
-        return traced_points(memory, shape, ["batch"])
+    """Peaks to draw against the batch: a grid where an exact curve answers (from 2: a batch of 1 is off every
+    curve and would cost a trace), else every batch already traced."""
+    if not memory.evaluates(["batch"]):
+        return traced_points(memory.traced, shape, ["batch"])
     top = max(shape["batch"], best or 0) * 5 // 4 + 1
-    grid = sorted({1, shape["batch"], *range(0, top + 1, max(1, top // 24))} - {0})
+    grid = sorted({shape["batch"], *range(0, top + 1, max(1, top // 24))} - {0, 1})
     return [(b, memory.peak({**shape, "batch": b})) for b in grid]
 
 
 def length_points(memory: ShapeMemory, axis: Axis, shape: Shape) -> list[tuple[int, int]]:
-    """Peaks to draw against one length axis: the traced values, or a grid from the asked value to the limit."""
-    if isinstance(memory, TracedMemory):
-        return traced_points(memory, shape, axis.names)
+    """Peaks to draw against one length axis: a grid from the asked value to the limit where an exact curve
+    answers, else the traced values."""
+    if not memory.evaluates(axis.names):
+        return traced_points(memory.traced, shape, axis.names)
     grid = range(axis.value, axis.limit + 1, max(axis.step, (axis.limit - axis.value) // 24 or 1))
     return [(v, memory.peak(axis.at(shape, v))) for v in grid]
 

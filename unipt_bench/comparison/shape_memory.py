@@ -94,8 +94,11 @@ class ShapeMemory(Protocol):
     source: str  # how shapes other than the asked one are answered: "curve" or "traces"
     curve_traces: int  # traces made ahead, to build its curves (its run at the asked shape among them; 0 without)
     curve_seconds: float  # the seconds they took (in a child process, beside the other methods')
+    traced: Any  # the TracedMemory that traces, in the lane, what no curve answers
 
     def peak(self, shape: Shape) -> int | None: ...
+
+    def evaluates(self, axes: list[str]) -> bool: ...
 
     def max_batch(self, budget: int, shape: Shape, limit: int) -> int | None: ...
 
@@ -108,6 +111,13 @@ class TracedMemory:
     def __init__(self, spec: RunSpec, tracer: Tracer, curve_traces: int = 0, curve_seconds: float = 0.0) -> None:
         self.spec, self.tracer = spec, tracer
         self.curve_traces, self.curve_seconds = curve_traces, curve_seconds  # curves tried ahead, if any
+
+    @property
+    def traced(self) -> TracedMemory:
+        return self
+
+    def evaluates(self, axes: list[str]) -> bool:
+        return False
 
     def peak(self, shape: Shape) -> int | None:
         return peak_of(self.tracer.result(spec_at(self.spec, shape)))
@@ -173,14 +183,18 @@ class LineMemory:
         differs = {axis for axis, value in shape.items() if self.asked.get(axis) != value}
         return next((c for c in self.curves if differs <= set(c.axes)), None)
 
+    def evaluates(self, axes: list[str]) -> bool:
+        """Whether shapes varied along `axes` are answered by an exact curve (on its lattice), not traced."""
+        return any(c.exact and set(axes) <= set(c.axes) for c in self.curves)
+
     def peak(self, shape: Shape) -> int | None:
+        """From the curve where it holds; a shape off every exact curve or off its lattice (a batch of 1) is traced
+        in the lane, as TracedMemory traces it."""
         curve = self.curve_for(shape)
-        if curve is None or not curve.exact:
+        point = {axis: shape[axis] for axis in curve.axes} if curve is not None else {}
+        if curve is None or not curve.on_curve(curve.point(point)):
             return self.traced.peak(shape)
-        try:
-            return curve.at(**{axis: shape[axis] for axis in curve.axes})["peak_bytes"]
-        except (ValueError, RuntimeError) as exc:  # a shape off the curve, traced, that the model cannot take
-            raise ShapeError(str(exc).splitlines()[0]) from None
+        return curve.peak(**point)
 
     def max_batch(self, budget: int, shape: Shape, limit: int) -> int | None:
         curve = self.curve_for({**shape, "batch": self.asked["batch"]})

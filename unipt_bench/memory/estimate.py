@@ -4,7 +4,7 @@ Works on fake tensors (`estimate` mode: paper-scale models with no GPU and no me
 tensors (`cpu` mode). Three workarounds, all for torch 2.13-2.14: frozen parameters get a no-op grad
 hook handle (MemTracker would hook every parameter and fail on frozen ones), module stats are reset
 before each forward (a second iteration would otherwise raise), and under no_grad the module tracker
-sees detached tensors (see `grad_hooks_only_with_grad`).
+registers no backward hooks (see `OrderedModTracker._fw_post_hook`).
 
 Attribution: every activation and temporary is charged, when it is created, to the innermost module
 running (backbone, the method's own modules, the task head, or "other": the loss, clipping and the
@@ -32,7 +32,7 @@ from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType, _Updat
 from torch.distributed._tools.mod_tracker import ModTracker
 from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
-from torch.utils._pytree import tree_leaves, tree_map_only
+from torch.utils._pytree import tree_leaves
 
 from . import events as allocation_events
 from .base import CATEGORIES, OWNERS, TRAINING_PHASES
@@ -82,22 +82,6 @@ def cuda_allocator_blocks() -> Iterator[None]:
         _WeakRefInfo._calculate_mem_consumed = exact
 
 
-def grad_hooks_only_with_grad(hook: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a ModTracker forward hook so that, under no_grad, it sees its tensors detached.
-
-    The hook registers backward hooks on every tensor that requires grad. Under no_grad no backward
-    runs, and a view of a parameter taken there (requires_grad, yet no grad_fn) makes the registration
-    fail. Detaching creates aliases, not bytes, so the count is unchanged.
-    """
-
-    def wrapped(module: nn.Module, *args: Any) -> Any:
-        if torch.is_grad_enabled():
-            return hook(module, *args)
-        return hook(module, *tree_map_only(torch.Tensor, torch.Tensor.detach, args))
-
-    return wrapped
-
-
 class OrderedModTracker(ModTracker):
     """ModTracker that knows the order modules were entered in, and never changes what backward holds.
 
@@ -130,11 +114,26 @@ class OrderedModTracker(ModTracker):
             self._user_pre_fw_hook(mod, input)
         if self.is_bw:
             return
-        tensors = [a for a in tree_leaves(input) if isinstance(a, torch.Tensor) and a.requires_grad]
+        tensors = [a for a in tree_leaves(input) if isinstance(a, torch.Tensor) and a.requires_grad] if (
+            torch.is_grad_enabled()) else []  # no backward under no_grad (see _fw_post_hook)
         if tensors:
             register_multi_grad_hook(tensors, self._get_pop_fn(w_mod, name, True), mode="any")
         else:  # no input takes a gradient: the module's backward ends with the whole backward
             self._post_bw_callbacks_to_enqueue.append(self._get_pop_fn(w_mod, name, True))
+
+    def _fw_post_hook(self, mod: nn.Module, input: Any, output: Any) -> None:
+        """ModTracker's forward post-hook, without backward hooks under no_grad: no backward runs there, and a
+        view of a parameter taken there requires grad without a grad_fn, which a hook cannot be registered on."""
+        name = self._get_mod_name(mod)
+        w_mod = weakref.ref(mod)
+        if self._user_post_fw_hook is not None:
+            self._user_post_fw_hook(mod, input, output)
+        self._get_pop_fn(w_mod, name, False)()
+        if self.is_bw or not torch.is_grad_enabled():
+            return
+        tensors = [a for a in tree_leaves(output) if isinstance(a, torch.Tensor) and a.requires_grad]
+        if tensors:
+            register_multi_grad_hook(tensors, self._get_append_fn(w_mod, name, True), mode="any")
 
     def innermost(self) -> str:
         """Path (relative to the model) of the innermost module running; "" outside every module."""
@@ -182,9 +181,7 @@ class PhasedMemTracker(MemTracker):
         # (ddp_buckets.py), so they count 0 bytes here
         self.grads_in_buckets = grads_in_buckets
         self._WINFO = StorageMap()
-        mods = self._mod_tracker = OrderedModTracker()
-        mods._fw_pre_hook = grad_hooks_only_with_grad(mods._fw_pre_hook)  # registered on __enter__
-        mods._fw_post_hook = grad_hooks_only_with_grad(mods._fw_post_hook)
+        self._mod_tracker = OrderedModTracker()
         self.live_total = 0  # live bytes, all categories and devices
         self.phase: str | None = None
         self.phase_peaks: dict[str, dict[str, int]] = {}

@@ -101,6 +101,13 @@ class AllocationEvents:
         self._add(START)
         self.dirty = True
 
+    def resized(self, nbytes: np.ndarray) -> AllocationEvents:
+        """The same events with other sizes, one per event (a curve's spliced grid point: memory/splice.py)."""
+        out = AllocationEvents(self.grads_in_buckets)
+        out.phases = list(self.phases)
+        out.arrays = {**self.arrays, "nbytes": array("q", np.asarray(nbytes, dtype=np.int64).tobytes())}
+        return out
+
     def numpy(self, name: str) -> np.ndarray:
         return np.frombuffer(self.arrays[name], dtype=np.dtype(self.arrays[name].typecode))
 
