@@ -82,7 +82,7 @@ def traced_profile(spec: RunSpec, **options: Any) -> tuple[dict[str, Any], Alloc
 
 class TraceCache:
     """A tracer that traces each spec once (by digest), so that curves and searches over the same shapes share
-    their traces. Its `grid` traces a curve's grid point in the shape-dependent phases only once it knows a full
+    their traces. Its `spliced` traces a curve's shape in the shape-dependent phases only once it knows a full
     trace of the same run (any shape), the reference, and splices the rest from it (memory/splice.py)."""
 
     def __init__(self, tracer: Callable[[RunSpec], Traced] = trace,
@@ -110,8 +110,9 @@ class TraceCache:
             self.offer(self.done[spec.digest()])
         return self.done[spec.digest()]
 
-    def grid(self, spec: RunSpec) -> Traced:
-        """A grid point's trace: spliced onto the reference where it aligns, else (or without one) a full trace."""
+    def spliced(self, spec: RunSpec) -> Traced:
+        """A curve's trace at `spec` (a grid point or its check): its shape-dependent phases spliced onto the
+        reference where they align, else (or without a reference) a full trace."""
         from .memory.splice import splice
 
         if spec.digest() in self.done or self.reference is None:
@@ -272,9 +273,9 @@ class MemoryCurve:
         return {**add_buckets(traced.figures, traced.bucket_bytes), "source": "trace", "why": why}
 
     def trace_at(self, point: dict[str, int], use: str) -> Traced:
-        """A trace at `point`; a grid point's may be spliced (TraceCache.grid), a check's never is."""
-        grid = use == "grid" and isinstance(self.tracer, TraceCache)
-        traced = (self.tracer.grid if grid else self.tracer)(with_shape(self.run_spec, point))
+        """A trace at `point`; a grid point's or a check's is spliced where the tracer can (TraceCache.spliced)."""
+        spliced = use in ("grid", "verify") and isinstance(self.tracer, TraceCache)
+        traced = (self.tracer.spliced if spliced else self.tracer)(with_shape(self.run_spec, point))
         self.traced[key(point)] = traced
         self.traces.append({"shape": dict(point), "seconds": round(traced.seconds, 3), "use": use,
                             **({"spliced": True} if traced.spliced else {})})

@@ -31,6 +31,7 @@ from torch.autograd.graph import register_multi_grad_hook
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType, _UpdateType, _WeakRefInfo
 from torch.distributed._tools.mod_tracker import ModTracker
 from torch.distributed.tensor import DTensor
+from torch.utils._mode_utils import no_dispatch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_leaves
 
@@ -53,6 +54,7 @@ CATEGORY_OF = {
 DYNAMIC = (_MemRefType.ACT, _MemRefType.TEMP)
 FAKE_MODE = torch._C._TorchDispatchModeKey.FAKE
 DEVICE_QUERY = torch.ops.prim.device.default  # a fake tensor's `.device`: two in three ops of a traced step
+SCALAR_READ = torch.ops.aten._local_scalar_dense.default  # `.item()`: AdamW reads every step count twice a step
 
 
 class _NoHook:
@@ -207,6 +209,10 @@ class PhasedMemTracker(MemTracker):
         if func is DEVICE_QUERY and isinstance(args[0], FakeTensor):  # fake mode's own answer, without its dispatch
             self._update_peak_stats(None)
             return torch.device("meta") if args[0].fake_mode.in_kernel_invocation else args[0].fake_device
+        if func is SCALAR_READ and isinstance(args[0], FakeTensor) and args[0].constant is not None:
+            self._update_peak_stats(None)
+            with no_dispatch():  # as fake mode answers: the op on the constant it keeps for the tensor
+                return func(args[0].constant)
         res = func(*args, **(kwargs or {}))
         if torch._C._get_dispatch_mode(FAKE_MODE) is self._fake_mode_on_entry:
             if self._in_opt:
@@ -223,6 +229,14 @@ class PhasedMemTracker(MemTracker):
                         self._track(reftype, leaf)
             self._update_peak_stats(None)
         return res
+
+    def get_tracker_snapshot(self, type: str = "current") -> dict[torch.device, dict[Any, int]]:  # noqa: A002
+        """MemTracker's snapshot (its module hooks take one per module call) without its deepcopy: per device, a
+        dict of byte counts, which a copy of each dict already separates."""
+        if type not in ("current", "peak"):
+            raise ValueError(f"Invalid type {type}")
+        snaps = self._curr_mem_snap if type == "current" else self._peak_mem_snap
+        return {device: dict(snap) for device, snap in snaps.items()}
 
     def _pre_fw_hook(self, module: nn.Module, inputs: Any) -> None:
         """An evaluation runs many batches, each a forward of the root module: each is a new MemTracker
@@ -457,4 +471,5 @@ def fake_materialise(module: nn.Module, stack: ExitStack) -> None:
     and allocate every parameter and buffer there. Built on meta first because peft and timm cannot build
     inside fake mode."""
     stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
-    module.to_empty(device="cpu")
+    # module.to_empty, less its cost: empty_like would first convert each meta tensor to a fake one
+    module._apply(lambda t: torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device="cpu"))

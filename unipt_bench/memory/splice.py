@@ -13,9 +13,11 @@ another shape, the reference: every segment of the reference (its events from on
 is not an optimizer phase takes the sizes of the traced segment of the same phase and micro-batch (step 2's
 forward takes step 1's); the optimizer phases keep the reference's sizes; the teardown (the frees after the last
 op, when the run's model and optimizer go) frees what each storage holds. The spliced sizes are refused, with
-the reason, unless each such segment matches its counterpart event for event (kind and categories) and every
-storage frees or relabels exactly the bytes it holds. A curve built on spliced grid points is verified against
-a full trace off its grid, as every curve is.
+the reason, unless the reference's steps repeat (event for event and byte for byte, outside the optimizer), each
+such segment matches its counterpart event for event (kind and categories), and every storage frees or
+relabels exactly the bytes it holds. A curve's check off its grid is spliced the same way (it checks every size
+that depends on the shape); the reference itself is a full trace (in `compare`, the run at the asked shape,
+which is also the batch curve's check).
 """
 
 from __future__ import annotations
@@ -67,9 +69,14 @@ def splice(reference: AllocationEvents, traced: AllocationEvents) -> np.ndarray 
         theirs[key] = (start, end)
     sizes = reference.numpy("nbytes").copy()
     traced_sizes = traced.numpy("nbytes")
+    first: dict[tuple[str, int], tuple[int, int]] = {}  # the reference's first segment of each key
     for key, start, end in segments(reference):
         if key[0] == UNCHANGED:
             continue
+        s, e = first.setdefault(key, (start, end))
+        if e - s != end - start or any(not np.array_equal(reference.numpy(f)[start:end], reference.numpy(f)[s:e])
+                                       for f in (*MATCHED, "nbytes")):
+            return f"the full trace's steps differ in their {key[0]} segment {key[1]}"
         if key not in theirs:
             return f"the traced phases have no {key[0]} segment {key[1]}"
         s, e = theirs[key]
