@@ -236,3 +236,21 @@ def test_a_note_every_method_shares_is_printed_once() -> None:
     assert split_notes(rows) == ([fixed], {"partial": "max batch capped at --limit 4096"})
     assert split_notes(rows[1:2]) == ([], {"partial": rows[1]["note"]})  # one row: nothing shared to gather
     assert split_notes([{"method": "a", "note": None}, {"method": "b", "note": "x"}]) == ([], {"b": "x"})
+
+
+def test_every_trace_is_counted_and_the_curves_draw_no_batch_of_one(folders, monkeypatch) -> None:
+    """The traces a comparison reports are the profiles it ran, the asked runs, the curves' traces (spliced ones
+    too) and the lanes' included; the page's batch curve starts at 2, where the curve holds (a batch of 1 would
+    cost a trace per method)."""
+    from unipt_bench import profile
+
+    profiles = []
+    original = profile.profile
+    monkeypatch.setattr(profile, "profile", lambda *args, **kwargs: profiles.append(1) or original(*args, **kwargs))
+    request = request_of(f"hf:{folders['roberta']}", "classification", 4, seq_len=8, budget="1MiB",
+                         methods="lora")
+    comparison = run_comparison(request, isolate=False, limit=8)
+    assert comparison.traces == len(profiles) == sum(row.values["traces"] for row in comparison.rows) == 14
+    for row in comparison.rows:
+        assert row.values["curve_mode"] == "estimate (curve)"
+        assert [batch for batch, _ in row.batch_points][:2] == [2, 3]

@@ -15,6 +15,7 @@ differs, the curve says why and `at` traces each asked shape instead. See docs/c
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -83,54 +84,66 @@ def traced_profile(spec: RunSpec, **options: Any) -> tuple[dict[str, Any], Alloc
 class TraceCache:
     """A tracer that traces each spec once (by digest), so that curves and searches over the same shapes share
     their traces. Its `spliced` traces a curve's shape in the shape-dependent phases only once it knows a full
-    trace of the same run (any shape), the reference, and splices the rest from it (memory/splice.py)."""
+    trace of the same run at another shape, the run's reference, and splices the rest from it
+    (memory/splice.py)."""
 
     def __init__(self, tracer: Callable[[RunSpec], Traced] = trace,
                  phases: Callable[[RunSpec], tuple[AllocationEvents, float]] = trace_shape_phases) -> None:
         self.tracer, self.phases = tracer, phases
         self.done: dict[str, Traced] = {}
-        self.reference: Traced | None = None
-        self.unspliced = ""  # why a grid point had to be traced in full, if one did
+        self.references: dict[str, Traced] = {}  # run_key -> the first full trace of that run
+        self.unspliced = ""  # why a shape had to be traced in full, if one did
 
     def keep(self, spec: RunSpec, traced: Traced) -> None:
         """A trace of `spec` made another way (e.g. as part of a full run): not traced again."""
-        self.done[RunSpec.from_dict({**spec.to_dict(), "mode": "estimate"}).digest()] = traced
-        self.offer(traced)
+        spec = RunSpec.from_dict({**spec.to_dict(), "mode": "estimate"})
+        self.done[spec.digest()] = traced
+        self.offer(spec, traced)
 
-    def offer(self, traced: Traced) -> None:
-        """A full trace becomes the reference when there is none yet and its events replay to its figures."""
-        if self.reference is None and not traced.spliced:
+    def offer(self, spec: RunSpec, traced: Traced) -> None:
+        """A full trace becomes its run's reference when the run has none yet and its events replay to its
+        figures."""
+        if run_key(spec) not in self.references and not traced.spliced:
             replayed = allocation_events.replay(traced.events)
             if all(replayed[k] == traced.figures[k] for k in COMPARED):
-                self.reference = traced
+                self.references[run_key(spec)] = traced
 
     def __call__(self, spec: RunSpec) -> Traced:
         if spec.digest() not in self.done:
             self.done[spec.digest()] = self.tracer(spec)
-            self.offer(self.done[spec.digest()])
+            self.offer(spec, self.done[spec.digest()])
         return self.done[spec.digest()]
 
     def spliced(self, spec: RunSpec) -> Traced:
         """A curve's trace at `spec` (a grid point or its check): its shape-dependent phases spliced onto the
-        reference where they align, else (or without a reference) a full trace."""
+        run's reference where they align, else (or without a reference) a full trace."""
         from .memory.splice import splice
 
-        if spec.digest() in self.done or self.reference is None:
+        reference = self.references.get(run_key(spec))
+        if spec.digest() in self.done or reference is None:
             return self(spec)
         events, seconds = self.phases(spec)
-        sizes = splice(self.reference.events, events)
+        sizes = splice(reference.events, events)
         if isinstance(sizes, str):
             self.unspliced = sizes
             return self(spec)
-        spliced = self.reference.events.resized(sizes)
+        spliced = reference.events.resized(sizes)
         figures = allocation_events.replay(spliced)
-        self.done[spec.digest()] = Traced(figures, spliced, self.reference.bucket_bytes, seconds, spliced=True)
+        self.done[spec.digest()] = Traced(figures, spliced, reference.bucket_bytes, seconds, spliced=True)
         return self.done[spec.digest()]
 
     def peak(self, spec: RunSpec) -> int:
         """The run's peak as a result reports it (DDP's modelled buckets included)."""
         traced = self(spec)
         return traced.figures["peak_bytes"] + traced.bucket_bytes
+
+
+def run_key(spec: RunSpec) -> str:
+    """What identifies a run apart from its shape (the batch and the towers' shape keys): the traces of one run at
+    several shapes share it, those of two runs never do."""
+    data = {**spec.to_dict(), "mode": "estimate", "batch": None}
+    data["towers"] = [{**tower, "shape": None} for tower in data["towers"]]
+    return json.dumps(data, sort_keys=True, default=str)
 
 
 def strip_buckets(figures: dict[str, Any], nbytes: int) -> dict[str, Any]:

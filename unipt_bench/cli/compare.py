@@ -60,7 +60,7 @@ def compare(model: str, task: str, batch: int, seq_len: int | None, image_size: 
 
     from ..atomic import write_atomic
     from ..comparison import comparison_of, request_of
-    from ..comparison.run import start_curve_builders
+    from ..comparison.curve_builds import start_curve_builders
 
     if mode == "estimate":
         start_curve_builders()  # they import torch while this process checks the request

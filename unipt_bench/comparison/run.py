@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +13,10 @@ from ..config import RunSpec
 from ..results import RunResult
 from .accuracy import trained_scores
 from .analysis import MethodRow, analyse, comparison_axes
+from .curve_builds import CurveBuilds
 from .front import front_members
 from .request import Request
-from .shape_memory import LineCurves, Shape, ShapeMemory, Tracer, line_curves, shape_memory
+from .shape_memory import Shape, ShapeMemory, Tracer, shape_memory
 from .suite import suite_specs, suite_text
 
 
@@ -106,55 +105,6 @@ def default_jobs(mode: str, methods: int, isolate: bool) -> int:
     from ..launch import cores
 
     return max(1, min(cores(), methods)) if mode == "estimate" and isolate else 1
-
-
-# what the curve builders import before their first method (about 4 s of CPU in a fresh interpreter)
-BUILDER_IMPORTS = ["unipt_bench.comparison.shape_memory", "unipt_bench.curves", "unipt_bench.profile",
-                   "unipt_bench.runner"]
-
-
-def builder_context() -> Any:
-    """How curve builders start: forked from a server process that imported the tracing code once (POSIX), so
-    that each builder begins at its first trace; spawned elsewhere."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(BUILDER_IMPORTS)
-    return context
-
-
-def start_curve_builders() -> None:
-    """Start the builders' server now (it imports while the caller checks its request, on another core), so
-    that the comparison's builders fork ready. Optional: `CurveBuilds` starts it when it is not running."""
-    if builder_context().get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
-
-
-class CurveBuilds:
-    """Every method's line curves and its run at the asked shape (shape_memory.line_curves), built ahead in `jobs`
-    child processes (in this thread with isolate=False), full fine-tuning's first: each lane waits only for the
-    method it analyses. `options`: the RunOptions of the lanes' runs, so that the asked run is theirs."""
-
-    def __init__(self, specs: dict[str, RunSpec], lines: list[tuple[list[str], int | None]], options: dict[str, Any],
-                 jobs: int, isolate: bool) -> None:
-        self.specs, self.lines, self.options = specs, lines, options
-        order = sorted(specs, key=lambda label: specs[label].method != "full")
-        self.pool = None
-        if isolate:
-            self.pool = ProcessPoolExecutor(max(1, jobs), mp_context=builder_context())
-            self.futures = {label: self.pool.submit(line_curves, specs[label].to_dict(), lines, options)
-                            for label in order}
-
-    def get(self, label: str) -> LineCurves:
-        if self.pool is None:
-            return line_curves(self.specs[label].to_dict(), self.lines, self.options)
-        return self.futures[label].result()
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def refuse_unrunnable_shape(request: Request, full: MethodRow | None) -> None:

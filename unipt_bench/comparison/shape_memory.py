@@ -216,52 +216,84 @@ class LineCurves:
     asked: dict[str, Any] | None = None  # the RunResult (a dict) at the asked shape, exactly as a lane runs it
 
 
+@dataclass
+class AskedRun:
+    """A method's run at the asked shape, made as a lane makes it (`ask`), and its trace for the curves."""
+
+    result: dict[str, Any]  # the RunResult, as a dict
+    traced: Any  # curves.Traced when the run is ok: the curves' trace there, which their others splice onto
+    seconds: float
+
+
+@dataclass
+class LinePart:
+    """One line's curve (`line_curve`), built apart from the method's other lines."""
+
+    curve: dict[str, Any] | None  # MemoryCurve.to_dict(), None when the model cannot run along the line
+    why: str  # why not
+    traces: int  # shapes it traced (the asked run's shape not among them)
+    seconds: float
+
+
 def line_curves(spec_data: dict[str, Any], lines: list[tuple[list[str], int | None]],
                 asked_options: dict[str, Any] | None = None) -> LineCurves:
     """`spec`'s curves along each line (axes varied together from the spec's shape, and the largest value they may
-    take, None for no limit), sharing their traces. Each curve is verified one step past its grid, or one step
-    below it where that passes the limit (a model's last position embedding); the batch curve at the spec's own
-    batch, a shape the length curves trace anyway. With `asked_options`, the spec's own shape is run first as
-    `run` runs it (those RunOptions) and that run is the curves' trace there. A line the model cannot run along
-    gets no curve (`why` says why) and its shapes are traced when asked."""
+    take, None for no limit), in this process. With `asked_options`, the spec's own shape is run first as `run`
+    runs it (those RunOptions, `ask`) and that run is the curves' trace there; then each line (`line_curve`). A
+    line the model cannot run along gets no curve (`why` says why) and its shapes are traced when asked."""
+    asked = None if asked_options is None else ask(spec_data, asked_options)
+    if asked is not None and asked.result["status"] != "ok":
+        return combined(asked, [])
+    return combined(asked, [line_curve(spec_data, axes, limit, asked) for axes, limit in lines])
+
+
+def combined(asked: AskedRun | None, parts: list[LinePart]) -> LineCurves:
+    """A method's LineCurves from its asked run and its lines' parts (made in one process or several)."""
+    if asked is not None and asked.result["status"] != "ok":
+        why = asked.result["message"] or asked.result["status"]
+        return LineCurves([], 1, round(asked.seconds, 3), why, asked.result)
+    seconds = (asked.seconds if asked is not None else 0.0) + sum(part.seconds for part in parts)
+    return LineCurves([part.curve for part in parts if part.curve is not None],
+                      (asked is not None) + sum(part.traces for part in parts), round(seconds, 3),
+                      "; ".join(part.why for part in parts if part.why), asked.result if asked is not None else None)
+
+
+def line_curve(spec_data: dict[str, Any], axes: list[str], limit: int | None, asked: AskedRun | None) -> LinePart:
+    """`spec`'s curve along one line, verified one step past its grid, or one step below it where that passes
+    `limit` (a model's last position embedding); the batch curve at the spec's own batch, the asked run's shape.
+    The asked run (when given, and ok) is the curve's trace at its shape and the reference its other traces
+    splice onto (curves.TraceCache)."""
     from ..curves import TraceCache, memory_curve, verify
 
     started = time.perf_counter()
     spec = RunSpec.from_dict(spec_data)
     cache = TraceCache()
-    asked = None if asked_options is None else asked_run(spec, asked_options, cache)
-
-    def built(curves: list[dict[str, Any]], why: str = "") -> LineCurves:
-        traces = len(cache.done) + (asked is not None and asked["status"] != "ok")  # a failed run ran, uncached
-        return LineCurves(curves, traces, round(time.perf_counter() - started, 3), why, asked)
-
-    if asked is not None and asked["status"] != "ok":
-        return built([], why=asked["message"] or asked["status"])
-    curves, failed = [], []
-    for axes, limit in lines:  # a line the model cannot vary along (a ViT's image size) leaves the others be
-        try:
-            curve = memory_curve(spec, axes, cache, verified=False)
-            if curve.exact:
-                verify(curve, verification_point(curve, limit, spec.batch))
-            curves.append(curve)
-        except (ValueError, RuntimeError, UserError, NotApplicable) as exc:  # the traced runs say why
-            failed.append(f"{'+'.join(axes)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-    return built([curve.to_dict() for curve in curves], "; ".join(failed))
+    if asked is not None:
+        cache.keep(spec, asked.traced)
+    curve, why = None, ""
+    try:
+        built = memory_curve(spec, axes, cache, verified=False)
+        if built.exact:
+            verify(built, verification_point(built, limit, spec.batch))
+        curve = built.to_dict()
+    except (ValueError, RuntimeError, UserError, NotApplicable) as exc:  # the traced runs say why
+        why = f"{'+'.join(axes)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return LinePart(curve, why, len(cache.done) - (asked is not None), round(time.perf_counter() - started, 3))
 
 
-def asked_run(spec: RunSpec, options: dict[str, Any], cache: Any) -> dict[str, Any]:
+def ask(spec_data: dict[str, Any], options: dict[str, Any]) -> AskedRun:
     """The spec's run as a lane makes it (`runner.execute` with `options`), its allocation events recorded; when
-    it is ok, also the curves' trace at its shape (in `cache`, a curves.TraceCache)."""
+    it is ok, also the curves' trace at its shape."""
     from ..curves import TRACING, Traced
     from ..memory import events as allocation_events
     from ..runner import execute
 
     started = time.perf_counter()
     with TRACING, allocation_events.recording() as events:
-        result = execute(spec.to_dict(), options)
-    if result["status"] == "ok":
-        cache.keep(spec, Traced.of(result["memory"], events, time.perf_counter() - started))
-    return result
+        result = execute(spec_data, options)
+    seconds = time.perf_counter() - started
+    traced = Traced.of(result["memory"], events, seconds) if result["status"] == "ok" else None
+    return AskedRun(result, traced, seconds)
 
 
 def verification_point(curve: Any, limit: int | None, batch: int) -> Shape:

@@ -58,6 +58,11 @@ class AllocationEvents:
     def __len__(self) -> int:
         return len(self.arrays["kind"])
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (a trace sent to another process): without the live storages' serials, which only recording
+        needs."""
+        return {**self.__dict__, "serials": {}}
+
     def _add(self, kind: int, serial: int = NONE, nbytes: int = 0, category: int = NONE,
              old_category: int = NONE) -> None:
         a = self.arrays
