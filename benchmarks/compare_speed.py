@@ -1,6 +1,6 @@
 """Wall time of `unipt-bench compare` on a BERT-base-sized model (a local folder holding BERT-base's config, no
 weights): every applicable method on retrieval at batch 112, the batch limit under 24 GiB and the sequence-length
-curve (goal: at most 60 s in estimate mode on two cores; measured: 55-57 s with --jobs 2 on a quiet machine
+curve (goal: at most 60 s in estimate mode on two cores; measured: 55-59 s with --jobs 2 on a quiet machine
 at 32, 128 and 512 tokens, 7 traces per method, one full and six spliced, docs/curves.md). A benchmark, not a
 test: its figures depend on what else the machine runs.
 
