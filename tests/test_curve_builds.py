@@ -87,3 +87,25 @@ def test_a_failed_task_fails_its_method_only_and_a_run_that_does_not_apply_build
     assert (skipped.curves, skipped.traces, skipped.why) == ([], 1, "does not apply")
     assert ("line", "skipped", "batch") not in pool.order
     assert len(builds.get("fine").curves) == 2 and len(builds.get("full").curves) == 2
+
+
+def test_a_builder_ends_when_the_comparison_process_is_gone() -> None:
+    """A killed comparison leaves no builder waiting for a task (and so no server it forked from)."""
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    builder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                                "from unipt_bench.comparison.curve_builds import exit_with\n"
+                                f"exit_with({parent.pid})\n"
+                                "time.sleep(60)\n"
+                                "sys.exit(0)"])
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            builder.wait(timeout=2)  # its comparison lives: it waits
+        parent.kill()
+        parent.wait()
+        assert builder.wait(timeout=30) == 1
+    finally:
+        for process in (parent, builder):
+            process.kill()

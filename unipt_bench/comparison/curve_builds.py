@@ -9,7 +9,9 @@ side by side instead of one after the other), full fine-tuning's first (every la
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from functools import partial
@@ -42,6 +44,24 @@ def start_curve_builders() -> None:
         forkserver.ensure_running()
 
 
+def exit_with(parent: int) -> None:
+    """A builder's initializer: end this process once `parent` (the comparison's process) is gone. A killed
+    comparison would otherwise leave its builders waiting for their next task for ever, and with them the
+    server they forked from."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(parent, 0)  # signal 0: only asks whether the process exists (POSIX)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # alive, under another user
+                pass
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 class CurveBuilds:
     """Every method's LineCurves (see the module docstring), in `jobs` child processes, or in the thread that
     asks for one with isolate=False. `options`: the RunOptions of the lanes' runs, so that the asked run is
@@ -50,7 +70,11 @@ class CurveBuilds:
     def __init__(self, specs: dict[str, RunSpec], lines: list[tuple[list[str], int | None]], options: dict[str, Any],
                  jobs: int, isolate: bool) -> None:
         self.specs, self.lines, self.options = specs, lines, options
-        self.pool = ProcessPoolExecutor(max(1, jobs), mp_context=builder_context()) if isolate else None
+        self.pool = None
+        if isolate:
+            context = builder_context()
+            watch = {"initializer": exit_with, "initargs": (os.getpid(),)} if os.name == "posix" else {}
+            self.pool = ProcessPoolExecutor(max(1, jobs), mp_context=context, **watch)
         self.jobs = max(1, jobs)
         self.built: dict[str, Future] = {label: Future() for label in specs}
         self.lock = threading.RLock()  # a task done already runs its callback inside `submit`
