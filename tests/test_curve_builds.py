@@ -48,7 +48,7 @@ def pool(monkeypatch):
         status = "not_applicable" if spec_data["label"] == "skipped" else "ok"
         return AskedRun({"status": status, "message": "does not apply"}, traced=None, seconds=1.0)
 
-    def line_curve(spec_data, axes, limit, asked):
+    def line_curve(spec_data, axes, limit, reference):
         made.order.append(("line", spec_data["label"], axes[0]))
         if spec_data["label"] == "broken" and axes[0] == "batch":
             raise RuntimeError("the process died")

@@ -426,10 +426,11 @@ def memory_curve(spec: RunSpec, axes: Sequence[str], tracer: Callable[[RunSpec],
                                      f"not align: {why}; the model's ops depend on the shape (data-dependent "
                                      "control flow, or a kernel chosen by shape), so each shape is traced")
             return curve
-    replayed = allocation_events.replay(traced[0].events)
-    if any(replayed[k] != traced[0].figures[k] for k in COMPARED):
-        curve.fallback_reason = "replaying the events does not reproduce the tracker's figures"
-        return curve
+    if not traced[0].spliced:  # a spliced trace's figures are its events' replay already
+        replayed = allocation_events.replay(traced[0].events)
+        if any(replayed[k] != traced[0].figures[k] for k in COMPARED):
+            curve.fallback_reason = "replaying the events does not reproduce the tracker's figures"
+            return curve
     sizes = np.stack([t.events.numpy("nbytes") for t in traced]).reshape((POINTS,) * len(axes) + (-1,))
     diffs = forward_differences(sizes, len(axes)).reshape(len(grid), -1).T  # (events, 3**axes)
     rows, polynomial = unique_rows(diffs)

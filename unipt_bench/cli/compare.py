@@ -61,11 +61,11 @@ def compare(model: str, task: str, batch: int, seq_len: int | None, image_size: 
     from ..atomic import write_atomic
     from ..comparison import comparison_of, request_of
     from ..comparison.curve_builds import start_curve_builders
+    from ..comparison.table import print_comparison, to_csv, to_json
+    from .format import human_bytes
 
     if mode == "estimate":
         start_curve_builders()  # they import torch while this process checks the request
-    from ..comparison.table import print_comparison, to_csv, to_json
-    from .format import human_bytes
 
     memory = {"checkpointing": checkpointing, "approx_bp": approx_bp, "layernorm": layernorm}
     request = request_of(model, task, batch, seq_len, image_size, frames, budget, gpu, methods, mode, memory)

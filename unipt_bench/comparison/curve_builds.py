@@ -99,8 +99,8 @@ class CurveBuilds:
             if self.ready:
                 label, line = self.ready.popleft()
                 axes, limit = self.lines[line]
-                call, done = partial(line_curve, self.specs[label].to_dict(), axes, limit, self.asked[label]), partial(
-                    self.line_done, label, line)
+                call = partial(line_curve, self.specs[label].to_dict(), axes, limit, self.asked[label].traced)
+                done = partial(self.line_done, label, line)
             else:
                 label = self.waiting.popleft()
                 call, done = partial(ask, self.specs[label].to_dict(), self.options), partial(self.asked_done, label)

@@ -28,18 +28,6 @@ class ShapeError(Exception):
     """The model cannot run at a shape (e.g. images of another size than its position embeddings take)."""
 
 
-def spec_at(spec: RunSpec, shape: Shape) -> RunSpec:
-    """`spec` at `shape`: its batch and the named towers' shape keys replaced."""
-    data = spec.to_dict()
-    data["batch"] = shape.get("batch", spec.batch)
-    for tower in data["towers"]:
-        for axis, value in shape.items():
-            name, _, key = axis.partition(".")
-            if name == tower["name"]:
-                tower["shape"] = {**tower["shape"], key: value}
-    return RunSpec.from_dict(data)
-
-
 class Tracer:
     """Profiles specs in runner lanes (each thread uses the lane it was given), each distinct spec once."""
 
@@ -120,7 +108,9 @@ class TracedMemory:
         return False
 
     def peak(self, shape: Shape) -> int | None:
-        return peak_of(self.tracer.result(spec_at(self.spec, shape)))
+        from ..curves import with_shape
+
+        return peak_of(self.tracer.result(with_shape(self.spec, shape)))
 
     def max_batch(self, budget: int, shape: Shape, limit: int) -> int | None:
         """The largest batch traced to fit, with the next one traced not to (secant_search)."""
@@ -244,7 +234,8 @@ def line_curves(spec_data: dict[str, Any], lines: list[tuple[list[str], int | No
     asked = None if asked_options is None else ask(spec_data, asked_options)
     if asked is not None and asked.result["status"] != "ok":
         return combined(asked, [])
-    return combined(asked, [line_curve(spec_data, axes, limit, asked) for axes, limit in lines])
+    reference = asked.traced if asked is not None else None
+    return combined(asked, [line_curve(spec_data, axes, limit, reference) for axes, limit in lines])
 
 
 def combined(asked: AskedRun | None, parts: list[LinePart]) -> LineCurves:
@@ -258,18 +249,18 @@ def combined(asked: AskedRun | None, parts: list[LinePart]) -> LineCurves:
                       "; ".join(part.why for part in parts if part.why), asked.result if asked is not None else None)
 
 
-def line_curve(spec_data: dict[str, Any], axes: list[str], limit: int | None, asked: AskedRun | None) -> LinePart:
+def line_curve(spec_data: dict[str, Any], axes: list[str], limit: int | None, reference: Any = None) -> LinePart:
     """`spec`'s curve along one line, verified one step past its grid, or one step below it where that passes
     `limit` (a model's last position embedding); the batch curve at the spec's own batch, the asked run's shape.
-    The asked run (when given, and ok) is the curve's trace at its shape and the reference its other traces
+    `reference`: the asked run's trace (curves.Traced), the curve's trace at its shape and what its other traces
     splice onto (curves.TraceCache)."""
     from ..curves import TraceCache, memory_curve, verify
 
     started = time.perf_counter()
     spec = RunSpec.from_dict(spec_data)
     cache = TraceCache()
-    if asked is not None:
-        cache.keep(spec, asked.traced)
+    if reference is not None:
+        cache.keep(spec, reference)
     curve, why = None, ""
     try:
         built = memory_curve(spec, axes, cache, verified=False)
@@ -278,7 +269,7 @@ def line_curve(spec_data: dict[str, Any], axes: list[str], limit: int | None, as
         curve = built.to_dict()
     except (ValueError, RuntimeError, UserError, NotApplicable) as exc:  # the traced runs say why
         why = f"{'+'.join(axes)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return LinePart(curve, why, len(cache.done) - (asked is not None), round(time.perf_counter() - started, 3))
+    return LinePart(curve, why, len(cache.done) - (reference is not None), round(time.perf_counter() - started, 3))
 
 
 def ask(spec_data: dict[str, Any], options: dict[str, Any]) -> AskedRun:
